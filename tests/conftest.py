@@ -1,0 +1,1 @@
+"""Pytest configuration: helpers live in tests/helpers.py."""

@@ -1,0 +1,212 @@
+"""The real ``trainlab`` command in a subprocess: single runs, sweeps, TensorBoard files read
+back, help, and the bad-input cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from tests.helpers import TINY, run_cli
+
+EXPECTED_TAGS = {
+    "train/loss",
+    "train/penalty",
+    "train/lr",
+    "train/grad_norm",
+    "epoch/train_loss",
+    "epoch/train_penalty",
+    "epoch/lr",
+    "epoch/val_loss",
+    "epoch/val_accuracy",
+    "final/test_loss",
+    "final/test_accuracy",
+    "final/best_val_loss",
+    "final/best_val_accuracy",
+}
+
+
+def read_events(run_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return events
+
+
+def session_hparams(events: EventAccumulator) -> dict:
+    raw = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(raw).session_start_info
+    return {
+        key: value.string_value or value.number_value or value.bool_value
+        for key, value in start.hparams.items()
+    }
+
+
+def test_single_run_writes_metrics_and_tensorboard(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "loss=huber",
+        "optimizer=adam",
+        "regularizer=l2",
+        *TINY,
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs_run"] == 3
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "trainlab.log").exists()
+
+    events = read_events(run_dir)
+    assert set(events.Tags()["scalars"]) >= EXPECTED_TAGS
+    steps = metrics["steps"]
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(10, steps + 1, 10))
+    assert [e.step for e in events.Scalars("epoch/val_loss")] == [1, 2, 3]
+    assert events.Scalars("epoch/val_loss")[-1].value == pytest.approx(
+        metrics["history"]["val_loss"][-1]
+    )
+    assert all(
+        e.value > 0 for e in events.Scalars("train/penalty")
+    )  # l2 logged apart from the loss
+    assert events.Scalars("final/test_accuracy")[0].value == pytest.approx(
+        metrics["test"]["accuracy"]
+    )
+    hparams = session_hparams(events)
+    assert (
+        hparams["loss"] == "huber"
+        and hparams["optimizer"] == "adam"
+        and hparams["regularizer"] == "l2"
+    )
+    assert hparams["lr"] == pytest.approx(0.003) and hparams["epochs"] == 3
+    assert "Traceback" not in result.stderr
+    assert "completed" in result.stdout
+
+
+def test_multirun_2x2_has_readable_run_names_and_comparable_hparams(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m",
+        "loss=mse,huber",
+        "optimizer.lr=0.001,0.01",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    # Hydra's override_dirname: the member's overrides, sorted, as key=value joined by commas.
+    assert names == sorted(
+        ",".join(sorted([*TINY, f"loss={loss}", f"optimizer.lr={lr}"]))
+        for loss in ("huber", "mse")
+        for lr in ("0.001", "0.01")
+    )
+    for name in names:
+        assert "loss=" in name and "optimizer.lr=" in name
+        run_dir = sweep / name
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["status"] == "completed"
+        hparams = session_hparams(read_events(run_dir))
+        assert hparams["loss"] == name.split("loss=")[1].split(",")[0]
+        assert hparams["optimizer.lr"] == pytest.approx(
+            float(name.split("optimizer.lr=")[1].split(",")[0])
+        )
+    assert "sweep" in result.stdout and result.stdout.count("completed") >= 4
+
+
+def test_a_failing_member_does_not_stop_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m",
+        "loss=hinge,mae",
+        "dataset.task=regression",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    statuses = {
+        path.parent.name.split("loss=")[1].split(",")[0]: json.loads(path.read_text())["status"]
+        for path in sweep.rglob("metrics.json")
+    }
+    assert statuses == {"hinge": "failed", "mae": "completed"}
+    assert "loss=hinge does not fit the regression task" in result.stderr
+    assert "1 of 2 runs failed" in result.stdout
+
+
+def test_a_diverging_member_is_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m",
+        "optimizer=sgd",
+        "loss=mse",
+        "optimizer.lr=0.01,1e6",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    statuses = {
+        path.parent.name: json.loads(path.read_text())["status"]
+        for path in sweep.rglob("metrics.json")
+    }
+    assert sorted(statuses.values()) == ["completed", "diverged"], statuses
+
+
+def test_help_lists_every_group_and_option(tmp_path):
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    for group in ("dataset", "model", "loss", "optimizer", "schedule", "regularizer"):
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"{group}:"))
+        assert set(line.split(":", 1)[1].replace(",", " ").split()) == {
+            p.stem for p in (conf / group).glob("*.yaml")
+        }
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    result = run_cli("--cfg", "job", "loss=huber", "loss.delta=2.5", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "name: huber" in result.stdout and "delta: 2.5" in result.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+BAD_INPUTS = [
+    (["optimizer.lr=-1"], "optimizer.lr must be > 0"),
+    (["batch_size=0"], "batch_size must be >= 1"),
+    (["epochs=abc"], "epochs must be an integer"),
+    (["loss=hinge", "dataset.task=regression"], "loss=hinge does not fit the regression task"),
+    (["dataset.task=ranking"], "loss=cross_entropy does not fit the ranking task"),
+    (["early_stopping.patience=0"], "early_stopping.patience must be >= 1"),
+    (["device=tpu"], "device must be auto, cpu, cuda"),
+]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append((["device=cuda"], "device=cuda but torch sees no CUDA GPU"))
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS, ids=lambda v: str(v))
+def test_bad_values_end_in_one_clear_line(overrides, message, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(*overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trainlab: error: ") and message in lines[0], (
+        result.stderr
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and message in metrics["error"]
+    assert not list(run_dir.glob("events.out.tfevents.*"))
+
+
+def test_unknown_option_lists_the_valid_ones(tmp_path):
+    result = run_cli("loss=hubr", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'loss/hubr'" in result.stderr
+    for option in ("huber", "mse", "cross_entropy", "listwise"):
+        assert f"\t{option}\n" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists()

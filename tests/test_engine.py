@@ -1,0 +1,166 @@
+"""The engine and a whole run in-process: every option trains, gd/L-BFGS stepping, early
+stopping with best weights restored, divergence, reproducibility."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tests.helpers import TINY, compose_config
+from trainlab.engine import FitSettings, fit
+from trainlab.optim import LRSchedule, TrainingPlan, build_schedule
+from trainlab.run import run
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+RANKING_LOSSES = {"pairwise", "pointwise", "listwise"}
+
+
+def every_option():
+    for group in ("loss", "optimizer", "schedule", "regularizer", "model"):
+        for path in sorted((CONF / group).glob("*.yaml")):
+            overrides = [f"{group}={path.stem}"]
+            if path.stem in RANKING_LOSSES:
+                overrides.append("dataset.task=ranking")
+            yield overrides
+    yield ["dataset.task=regression", "loss=huber"]
+    yield ["dataset.task=ranking", "loss=mse"]
+
+
+@pytest.mark.parametrize("overrides", list(every_option()), ids=lambda o: ",".join(o))
+def test_every_option_composes_and_trains(overrides, tmp_path):
+    config = compose_config(*overrides, "dataset.train_size=512", *TINY[1:3], "epochs=4")
+    metrics = run(config, tmp_path)
+    history = metrics["history"]["train_loss"]
+    assert metrics["status"] in ("completed", "early_stopped")
+    assert history[-1] < history[0], history
+    assert (tmp_path / "metrics.json").exists()
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_gd_takes_one_full_batch_step_per_epoch(tmp_path):
+    metrics = run(compose_config("optimizer=gd", *TINY, "epochs=5"), tmp_path)
+    assert metrics["steps"] == metrics["epochs_run"] == 5
+    assert metrics["batch_size"] == 256
+
+
+def _linear_problem(samples=64):
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(samples, 3, generator=generator)
+    targets = inputs @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3
+    return inputs, targets
+
+
+def _fit(
+    model, optimizer, batches, epochs, evaluate_val, loss_fn=nn.functional.mse_loss, **settings
+):
+    schedule = build_schedule({"name": "constant"}, optimizer, TrainingPlan(epochs, len(batches)))
+    return fit(
+        model,
+        loss_fn,
+        optimizer,
+        schedule,
+        None,
+        batches,
+        len(batches),
+        evaluate_val,
+        FitSettings(epochs=epochs, log_every_steps=1, **settings),
+    )
+
+
+def test_lbfgs_solves_least_squares_with_its_closure():
+    inputs, targets = _linear_problem()
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.LBFGS(
+        model.parameters(), lr=1.0, max_iter=20, line_search_fn="strong_wolfe"
+    )
+    calls = []
+
+    def counting_loss(outputs, targets):
+        calls.append(1)
+        return nn.functional.mse_loss(outputs, targets)
+
+    with torch.no_grad():
+        initial = nn.functional.mse_loss(model(inputs), targets).item()
+    result = _fit(
+        model, optimizer, [(inputs, targets)], 2, lambda: {"loss": 0.0}, loss_fn=counting_loss
+    )
+    with torch.no_grad():
+        final = nn.functional.mse_loss(model(inputs), targets).item()
+    assert result.steps == 2 and len(calls) > 2  # several closure evaluations per step
+    assert initial > 1.0 and final < 1e-8
+
+
+def test_early_stopping_stops_after_patience_and_restores_best_weights():
+    inputs, targets = _linear_problem()
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    val_losses = iter([1.0, 0.5, 0.6, 0.55, 0.7, 0.1])
+    snapshots = {}
+
+    class Snapshot:
+        def on_epoch_end(self, epoch, scalars):
+            snapshots[epoch] = model.weight.detach().clone()
+
+    schedule = LRSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0), "epoch")
+    result = fit(
+        model,
+        nn.functional.mse_loss,
+        optimizer,
+        schedule,
+        None,
+        [(inputs, targets)],
+        1,
+        lambda: {"loss": next(val_losses)},
+        FitSettings(epochs=10, patience=2),
+        [Snapshot()],
+    )
+    assert result.status == "early_stopped" and result.epochs_run == 4
+    assert result.best_epoch == 2 and result.best_val == {"loss": 0.5}
+    assert torch.equal(model.weight, snapshots[2]) and not torch.equal(model.weight, snapshots[4])
+
+
+def test_min_delta_counts_small_improvements_as_none():
+    inputs, targets = _linear_problem()
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    val_losses = iter([1.0, 0.99, 0.98, 0.97])
+    result = _fit(
+        model,
+        optimizer,
+        [(inputs, targets)],
+        10,
+        lambda: {"loss": next(val_losses)},
+        patience=2,
+        min_delta=0.05,
+    )
+    assert result.status == "early_stopped" and result.best_epoch == 1 and result.epochs_run == 3
+
+
+def test_divergence_stops_the_run_with_a_clear_status(tmp_path):
+    config = compose_config("optimizer=sgd", "optimizer.lr=1e6", "loss=mse", *TINY[:3], "epochs=5")
+    metrics = run(config, tmp_path)
+    assert metrics["status"] == "diverged"
+    assert "lower optimizer.lr" in metrics["message"]
+    assert metrics["epochs_run"] == 1
+
+
+def test_same_config_twice_gives_identical_numbers(tmp_path):
+    config = compose_config(*TINY, "model.dropout=0.2")
+    first = run(config, tmp_path / "a")
+    second = run(config, tmp_path / "b")
+    for key in ("history", "val", "test", "steps", "best_epoch"):
+        assert first[key] == second[key], key
+    other = run(compose_config(*TINY, "model.dropout=0.2", "seed=1"), tmp_path / "c")
+    assert other["history"] != first["history"]
+
+
+def test_classification_losses_and_models_separate_on_the_default_data(tmp_path):
+    """The default data is not linearly separable: an MLP beats a linear model clearly."""
+    sizes = ("dataset.train_size=2000", "epochs=15")
+    linear = run(compose_config("model=linear", *sizes), tmp_path / "linear")
+    mlp = run(compose_config("model=mlp", *sizes), tmp_path / "mlp")
+    assert linear["test"]["accuracy"] < 0.5
+    assert mlp["test"]["accuracy"] > linear["test"]["accuracy"] + 0.15

@@ -1,0 +1,98 @@
+"""The ``trainlab`` command: Hydra composes the config, trainlab validates and runs it.
+
+A mistake the user can fix ends as one line on stderr and a non-zero exit; in a sweep the
+failing member is recorded in its metrics.json and the other members still run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from rich.console import Console
+
+from trainlab.errors import UserError
+from trainlab.run import run, write_json
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+EXIT_USER_ERROR = 2
+log = logging.getLogger("trainlab")
+
+
+def run_name(override_dirname: str, job_number: int) -> str:
+    """A sweep member's folder name: its overrides (``loss=huber,optimizer.lr=0.01``)."""
+    name = override_dirname.replace(os.sep, "_") or f"run{job_number}"
+    return name if len(name) <= 200 else f"{name[:180]}...#{job_number}"
+
+
+OmegaConf.register_new_resolver("trainlab_run_name", run_name, replace=True)
+
+
+def _swept(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """The keys set on the command line with their typed values, so sweeps compare by them.
+
+    A group override (``loss=huber``) gives the option's name.
+    """
+    swept: dict[str, Any] = {}
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith("hydra.") or "=" not in override:
+            continue
+        value = OmegaConf.select(config, key, default=None)
+        if isinstance(value, DictConfig):
+            value = value.get("name")
+        elif isinstance(value, ListConfig):
+            value = str(list(value))
+        swept[key] = value
+    return swept
+
+
+def _fail(run_dir: Path, message: str) -> None:
+    metrics_path = run_dir / "metrics.json"
+    if run_dir.is_dir():
+        write_json(metrics_path, {"status": "failed", "error": message})
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _main(config: DictConfig) -> float | None:
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    multirun = hydra_config.mode == RunMode.MULTIRUN
+    overrides = list(hydra_config.overrides.task)
+    title = run_name(hydra_config.job.override_dirname, 0) if multirun else "trainlab"
+    try:
+        metrics = run(
+            config, run_dir, swept=_swept(config, overrides), console=Console(), title=title
+        )
+    except UserError as error:
+        _fail(run_dir, str(error))
+        print(f"trainlab: error: {error}", file=sys.stderr)
+        if multirun:
+            return None
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except Exception as error:
+        # A bug, not a user mistake: keep the traceback, but let the rest of a sweep go on.
+        _fail(run_dir, f"{type(error).__name__}: {error}")
+        if not multirun:
+            raise
+        log.error("run failed:\n%s", traceback.format_exc())
+        return None
+    test = metrics.get("test") or {}
+    return test.get(metrics["primary_metric"])
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()

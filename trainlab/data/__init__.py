@@ -1,0 +1,57 @@
+"""Datasets by name: each source validates its settings cheaply and loads on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trainlab.data import synthetic
+from trainlab.data.base import TASKS, Dataset, DatasetSpec, Split, Task
+from trainlab.data.loader import InMemoryLoader
+from trainlab.errors import ConfigError
+from trainlab.settings import check_settings
+
+__all__ = [
+    "DATASETS",
+    "TASKS",
+    "Dataset",
+    "DatasetSpec",
+    "InMemoryLoader",
+    "Split",
+    "Task",
+    "describe_dataset",
+    "load_dataset",
+]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    describe: Callable[..., DatasetSpec]  # validates settings, no I/O
+    load: Callable[..., Dataset]
+
+
+DATASETS: dict[str, DataSource] = {
+    "synthetic": DataSource(synthetic.describe, synthetic.load),
+}
+
+
+def _source_and_settings(config: Mapping[str, Any]) -> tuple[DataSource, dict[str, Any]]:
+    name = config.get("name")
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    settings = {key: value for key, value in config.items() if key != "name"}
+    source = DATASETS[name]
+    return source, check_settings("dataset", settings, source.describe)
+
+
+def describe_dataset(config: Mapping[str, Any]) -> DatasetSpec:
+    """The spec of the configured dataset, checking its settings; loads nothing."""
+    source, settings = _source_and_settings(config)
+    return source.describe(**settings)
+
+
+def load_dataset(config: Mapping[str, Any]) -> Dataset:
+    """Load (or generate) the configured dataset on the CPU."""
+    source, settings = _source_and_settings(config)
+    return source.load(**settings)

@@ -1,0 +1,118 @@
+"""Where a run's numbers go: TensorBoard event files and the rich console.
+
+(Named ``loggers`` rather than ``logging`` so it never shadows the standard library module.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+from trainlab.engine import FitResult
+from trainlab.optim import TrainingPlan
+
+
+class TensorBoardLogger:
+    """Scalars per logging interval (``train/*``) and per epoch (``epoch/*``), plus hparams.
+
+    Events go straight into the run directory, so TensorBoard names each run after its folder
+    (for sweep members, the readable override string).
+    """
+
+    def __init__(self, run_dir: Path, hparams: Mapping[str, Any], metric_tags: list[str]) -> None:
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.metric_tags = metric_tags
+        experiment, start, self._end = hparams_summaries(
+            dict(hparams), dict.fromkeys(metric_tags, 0.0)
+        )
+        # Written at the start, so the HParams dashboard lists the run while it trains.
+        for summary in (experiment, start):
+            self.writer.file_writer.add_summary(summary)
+
+    def on_log(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(f"train/{name}", value, step)
+
+    def on_epoch_end(self, epoch: int, scalars: dict[str, float]) -> None:
+        for name, value in scalars.items():
+            if name != "epoch":
+                self.writer.add_scalar(f"epoch/{name}", value, epoch)
+
+    def write_final(self, metrics: Mapping[str, float]) -> None:
+        """Final numbers under ``final/*`` (the HParams dashboard's metric columns)."""
+        for tag in self.metric_tags:
+            value = metrics.get(tag.removeprefix("final/"))
+            if value is not None:
+                self.writer.add_scalar(tag, value, 0)
+        self.writer.file_writer.add_summary(self._end)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class ConsoleLogger:
+    """A rich progress bar with the live loss, then a one-run summary table."""
+
+    def __init__(self, console: Console, title: str) -> None:
+        self.console = console
+        self.title = title
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = None
+
+    def on_fit_start(self, plan: TrainingPlan) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(self.title, total=plan.total_steps, status="")
+        self.plan = plan
+
+    def on_step(self, step: int) -> None:
+        self.progress.advance(self.task)
+
+    def on_log(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
+        self.progress.update(
+            self.task, status=f"epoch {epoch}/{self.plan.epochs}  loss {scalars['loss']:.4g}"
+        )
+
+    def on_epoch_end(self, epoch: int, scalars: dict[str, float]) -> None:
+        status = f"epoch {epoch}/{self.plan.epochs}  loss {scalars['train_loss']:.4g}"
+        if "val_loss" in scalars:
+            status += f"  val {scalars['val_loss']:.4g}"
+        self.progress.update(self.task, status=status)
+
+    def on_fit_end(self, result: FitResult) -> None:
+        self.progress.stop()
+
+    def summary(self, metrics: Mapping[str, Any], run_dir: Path) -> None:
+        """Print the run's outcome and final numbers."""
+        table = Table(title=f"{self.title}: {metrics['status']}", show_header=True)
+        table.add_column("split")
+        names = [name for name in metrics.get("metric_names", [])]
+        for name in names:
+            table.add_column(name, justify="right")
+        for split in ("val", "test"):
+            values = metrics.get(split) or {}
+            table.add_row(
+                split, *(f"{values[name]:.4f}" if name in values else "-" for name in names)
+            )
+        self.console.print(table)
+        if metrics.get("message"):
+            self.console.print(f"{metrics['status']}: {metrics['message']}", soft_wrap=True)
+        self.console.print(
+            f"epochs {metrics['epochs_run']} (best {metrics['best_epoch']}), "
+            f"steps {metrics['steps']}, {metrics['wall_time_s']:.1f}s, run dir {run_dir}",
+            soft_wrap=True,
+        )

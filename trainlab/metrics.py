@@ -1,0 +1,73 @@
+"""Evaluation metrics by task, accumulated as device-side sums and read back once per evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from trainlab.data.base import DatasetSpec, Split
+from trainlab.losses import LossFn
+
+# The metric each task is judged by, and whether larger is better.
+PRIMARY_METRIC = {
+    "classification": ("accuracy", True),
+    "regression": ("mse", False),
+    "ranking": ("ndcg", True),
+}
+
+
+def ndcg_at_k(scores: torch.Tensor, grades: torch.Tensor, k: int) -> torch.Tensor:
+    """NDCG@k per list with gains 2^grade - 1; a list with no relevant item counts as 1."""
+    k = min(k, scores.shape[-1])
+    discounts = 1.0 / torch.log2(torch.arange(2, k + 2, device=scores.device, dtype=torch.float32))
+    gains = torch.pow(2.0, grades.float()) - 1
+    by_score = torch.topk(scores.float(), k, dim=-1).indices
+    dcg = (gains.gather(-1, by_score) * discounts).sum(-1)
+    ideal = (torch.topk(gains, k, dim=-1).values * discounts).sum(-1)
+    return torch.where(ideal > 0, dcg / ideal.clamp_min(1e-12), torch.ones_like(dcg))
+
+
+def _metric_sums(spec: DatasetSpec, outputs: torch.Tensor, targets: torch.Tensor) -> dict:
+    if spec.task == "classification":
+        return {"accuracy": (outputs.argmax(-1) == targets).sum()}
+    if spec.task == "regression":
+        error = outputs.float() - targets.float()
+        per_example = error[0].numel()
+        return {
+            "mse": error.pow(2).sum() / per_example,
+            "mae": error.abs().sum() / per_example,
+        }
+    return {"ndcg": ndcg_at_k(outputs, targets, spec.ndcg_k).sum()}
+
+
+def metric_names(spec: DatasetSpec) -> list[str]:
+    """The metrics reported for ``spec``'s task, loss first."""
+    by_task = {"classification": ["accuracy"], "regression": ["mse", "mae"], "ranking": ["ndcg"]}
+    return ["loss", *by_task[spec.task]]
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, loss_fn: LossFn, split: Split, spec: DatasetSpec, batch_size: int
+) -> dict[str, float]:
+    """Mean loss and task metrics of ``model`` over ``split``, one host sync at the end."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    for start in range(0, len(split), batch_size):
+        inputs = split.inputs[start : start + batch_size]
+        targets = split.targets[start : start + batch_size]
+        outputs = model(inputs)
+        batch = {"loss": loss_fn(outputs, targets).float() * inputs.shape[0]}
+        batch.update(_metric_sums(spec, outputs, targets))
+        for name, value in batch.items():
+            sums[name] = sums[name] + value if name in sums else value.float()
+    model.train(was_training)
+    names = list(sums)
+    values = torch.stack([sums[name] for name in names]).tolist()
+    return {name: value / len(split) for name, value in zip(names, values, strict=True)}
+
+
+def is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

@@ -1,0 +1,265 @@
+"""Optimizers and learning-rate schedules built from config, on torch's own classes.
+
+Each schedule says whether it is stepped after every optimizer step or after every epoch, and
+:class:`LRSchedule` does the stepping, so the engine never asks which schedule it runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch.optim import lr_scheduler
+
+from trainlab.errors import ConfigError
+from trainlab.settings import check_settings, fraction, non_negative, positive, require
+
+# Each optimizer option is a torch class; its YAML holds the class's keyword arguments plus
+# ``full_batch`` (trainlab's own: one step per epoch on the whole training set).
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "gd": torch.optim.SGD,
+    "sgd": torch.optim.SGD,
+    "momentum": torch.optim.SGD,
+    "nesterov": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+    "lbfgs": torch.optim.LBFGS,
+}
+
+
+@dataclass(frozen=True)
+class OptimizerChoice:
+    """The configured optimizer before it meets the model's parameters."""
+
+    name: str
+    full_batch: bool
+    settings: dict[str, Any]
+
+    def build(self, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        try:
+            return OPTIMIZERS[self.name](parameters, **self.settings)
+        except ValueError as error:  # torch's own range checks (betas, eps, momentum, ...)
+            raise ConfigError(
+                f"optimizer={self.name}: {error} (fix the optimizer.* settings)"
+            ) from None
+
+
+def read_optimizer(config: Mapping[str, Any]) -> OptimizerChoice:
+    """Check the optimizer config; building waits for the model's parameters."""
+    name = config.get("name")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    full_batch = config.get("full_batch", False)
+    require(
+        isinstance(full_batch, bool),
+        f"optimizer.full_batch must be true or false, got {full_batch!r}",
+    )
+    settings = {key: value for key, value in config.items() if key not in ("name", "full_batch")}
+    settings = check_settings("optimizer", settings, OPTIMIZERS[name], supplied=("params",))
+    positive("optimizer.lr", settings.get("lr", 1.0))
+    choice = OptimizerChoice(name, full_batch, settings)
+    choice.build([torch.zeros(1, requires_grad=True)])  # torch validates the rest now, not later
+    return choice
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How many optimizer steps a run takes: what step-based schedules are sized by."""
+
+    epochs: int
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+@dataclass
+class LRSchedule:
+    """A torch scheduler plus when to step it: after each optimizer step or each epoch."""
+
+    scheduler: Any
+    interval: Literal["step", "epoch"]
+    monitors_val_loss: bool = False
+
+    def step_done(self) -> None:
+        if self.interval == "step":
+            self.scheduler.step()
+
+    def epoch_done(self, val_loss: float | None) -> None:
+        """Advance an epoch-based schedule; a plateau schedule needs ``val_loss`` to decide."""
+        if self.interval != "epoch":
+            return
+        if not self.monitors_val_loss:
+            self.scheduler.step()
+        elif val_loss is not None:
+            self.scheduler.step(val_loss)
+
+
+def _base_lr(optimizer: torch.optim.Optimizer) -> float:
+    return optimizer.param_groups[0]["lr"]
+
+
+def _min_lr_below_base(min_lr: float, optimizer: torch.optim.Optimizer) -> None:
+    non_negative("schedule.min_lr", min_lr)
+    require(
+        min_lr <= _base_lr(optimizer),
+        f"schedule.min_lr ({min_lr}) is above optimizer.lr ({_base_lr(optimizer)}); "
+        "lower schedule.min_lr or raise optimizer.lr",
+    )
+
+
+def constant(optimizer: torch.optim.Optimizer, plan: TrainingPlan) -> LRSchedule:
+    """lr stays at optimizer.lr."""
+    return LRSchedule(lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0), "epoch")
+
+
+def exponential(
+    optimizer: torch.optim.Optimizer,
+    plan: TrainingPlan,
+    decay_rate: float,
+    decay_steps: int,
+    staircase: bool,
+) -> LRSchedule:
+    """lr_t = lr * decay_rate^(t / decay_steps), t counting steps; staircase floors the exponent."""
+    require(0 < decay_rate <= 1, f"schedule.decay_rate must be in (0, 1], got {decay_rate}")
+    require(decay_steps >= 1, f"schedule.decay_steps must be >= 1, got {decay_steps}")
+
+    def factor(step: int) -> float:
+        exponent = step // decay_steps if staircase else step / decay_steps
+        return decay_rate**exponent
+
+    return LRSchedule(lr_scheduler.LambdaLR(optimizer, factor), "step")
+
+
+def step(
+    optimizer: torch.optim.Optimizer, plan: TrainingPlan, step_epochs: int, gamma: float
+) -> LRSchedule:
+    """lr multiplied by gamma every ``step_epochs`` epochs."""
+    require(step_epochs >= 1, f"schedule.step_epochs must be >= 1, got {step_epochs}")
+    require(0 < gamma <= 1, f"schedule.gamma must be in (0, 1], got {gamma}")
+    return LRSchedule(lr_scheduler.StepLR(optimizer, step_size=step_epochs, gamma=gamma), "epoch")
+
+
+def linear_decay(
+    optimizer: torch.optim.Optimizer,
+    plan: TrainingPlan,
+    decrement: float,
+    every_steps: int,
+    min_lr: float,
+) -> LRSchedule:
+    """Step-length decay: lr_t = max(min_lr, lr - decrement * floor(t / every_steps))."""
+    positive("schedule.decrement", decrement)
+    require(every_steps >= 1, f"schedule.every_steps must be >= 1, got {every_steps}")
+    _min_lr_below_base(min_lr, optimizer)
+    base = _base_lr(optimizer)
+
+    def factor(step: int) -> float:
+        return max(min_lr, base - decrement * (step // every_steps)) / base
+
+    return LRSchedule(lr_scheduler.LambdaLR(optimizer, factor), "step")
+
+
+def cosine(optimizer: torch.optim.Optimizer, plan: TrainingPlan, min_lr: float) -> LRSchedule:
+    """Half a cosine from optimizer.lr down to min_lr over all the run's steps."""
+    _min_lr_below_base(min_lr, optimizer)
+    scheduler = lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.total_steps, eta_min=min_lr)
+    return LRSchedule(scheduler, "step")
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, plan: TrainingPlan, warmup_fraction: float, min_lr: float
+) -> LRSchedule:
+    """Linear warm-up over the first ``warmup_fraction`` of the steps, then cosine to min_lr."""
+    fraction("schedule.warmup_fraction", warmup_fraction, open_right=True)
+    _min_lr_below_base(min_lr, optimizer)
+    warmup = max(1, round(warmup_fraction * plan.total_steps)) if warmup_fraction > 0 else 0
+    floor = min_lr / _base_lr(optimizer)
+    decay_steps = max(1, plan.total_steps - warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / decay_steps)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LRSchedule(lr_scheduler.LambdaLR(optimizer, factor), "step")
+
+
+def onecycle(
+    optimizer: torch.optim.Optimizer,
+    plan: TrainingPlan,
+    pct_start: float,
+    anneal_strategy: Literal["cos", "linear"],
+    div_factor: float,
+    final_div_factor: float,
+    cycle_momentum: bool,
+) -> LRSchedule:
+    """1cycle: from lr/div_factor up to optimizer.lr, then down to lr/(div_factor*final_div_factor)."""
+    fraction("schedule.pct_start", pct_start, open_right=True)
+    positive("schedule.div_factor", div_factor)
+    positive("schedule.final_div_factor", final_div_factor)
+    try:
+        scheduler = lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=_base_lr(optimizer),
+            total_steps=plan.total_steps,
+            pct_start=pct_start,
+            anneal_strategy=anneal_strategy,
+            div_factor=div_factor,
+            final_div_factor=final_div_factor,
+            cycle_momentum=cycle_momentum,
+        )
+    except ValueError as error:
+        raise ConfigError(
+            f"schedule=onecycle: {error} (set schedule.cycle_momentum=false)"
+        ) from None
+    return LRSchedule(scheduler, "step")
+
+
+def plateau(
+    optimizer: torch.optim.Optimizer,
+    plan: TrainingPlan,
+    factor: float,
+    patience: int,
+    threshold: float,
+    min_lr: float,
+) -> LRSchedule:
+    """lr multiplied by ``factor`` after ``patience`` epochs without validation-loss progress."""
+    require(0 < factor < 1, f"schedule.factor must be in (0, 1), got {factor}")
+    require(patience >= 0, f"schedule.patience must be >= 0, got {patience}")
+    non_negative("schedule.threshold", threshold)
+    _min_lr_below_base(min_lr, optimizer)
+    scheduler = lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=factor, patience=patience, threshold=threshold, min_lr=min_lr
+    )
+    return LRSchedule(scheduler, "epoch", monitors_val_loss=True)
+
+
+SCHEDULES: dict[str, Callable[..., LRSchedule]] = {
+    "constant": constant,
+    "exponential": exponential,
+    "step": step,
+    "linear_decay": linear_decay,
+    "cosine": cosine,
+    "warmup_cosine": warmup_cosine,
+    "onecycle": onecycle,
+    "plateau": plateau,
+}
+
+
+def build_schedule(
+    config: Mapping[str, Any], optimizer: torch.optim.Optimizer, plan: TrainingPlan
+) -> LRSchedule:
+    """Build the configured lr schedule around ``optimizer``."""
+    name = config.get("name")
+    if name not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
+    settings = {key: value for key, value in config.items() if key != "name"}
+    settings = check_settings("schedule", settings, SCHEDULES[name], supplied=("optimizer", "plan"))
+    return SCHEDULES[name](optimizer, plan, **settings)

@@ -1,0 +1,241 @@
+"""One experiment from a composed config: build everything, train, test, write metrics.json.
+
+Everything a user can get wrong is built and checked before any data is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+
+from trainlab.data import DatasetSpec, InMemoryLoader, describe_dataset, load_dataset
+from trainlab.engine import FitSettings, fit
+from trainlab.errors import ConfigError
+from trainlab.loggers import ConsoleLogger, TensorBoardLogger
+from trainlab.losses import build_loss
+from trainlab.metrics import PRIMARY_METRIC, evaluate, metric_names
+from trainlab.models import build_model
+from trainlab.optim import TrainingPlan, build_schedule, read_optimizer
+from trainlab.regularizers import build_regularizer
+from trainlab.settings import check_settings, non_negative, require, to_plain
+
+GROUPS = ("dataset", "model", "loss", "optimizer", "schedule", "regularizer")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The top-level keys of the config (everything outside the groups)."""
+
+    epochs: int
+    batch_size: int
+    seed: int
+    device: str
+    log_every_steps: int
+    eval_every_epochs: int
+    eval_batch_size: int
+    restore_best: bool
+    early_stopping: dict
+
+
+def _early_stopping(enabled: bool, patience: int, min_delta: float) -> None:
+    require(patience >= 1, f"early_stopping.patience must be >= 1, got {patience}")
+    non_negative("early_stopping.min_delta", min_delta)
+
+
+def read_run_settings(config: Mapping[str, Any]) -> RunSettings:
+    """Check the top-level keys: types, ranges, and the early-stopping block."""
+    top = {key: value for key, value in config.items() if key not in GROUPS}
+    settings = RunSettings(**check_settings("", top, RunSettings))
+    for key in ("epochs", "batch_size", "log_every_steps", "eval_every_epochs", "eval_batch_size"):
+        value = getattr(settings, key)
+        require(value >= 1, f"{key} must be >= 1, got {value} (e.g. {key}=10)")
+    early = check_settings("early_stopping", settings.early_stopping, _early_stopping)
+    _early_stopping(**early)
+    return settings
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        require(
+            torch.backends.mps.is_available(),
+            "device=mps but MPS is not available here; use device=auto or device=cpu",
+        )
+        return torch.device("mps")
+    if name == "cuda" or name.startswith("cuda:"):
+        require(
+            torch.cuda.is_available(),
+            f"device={name} but torch sees no CUDA GPU on this machine; use device=auto or device=cpu",
+        )
+        device = torch.device(name)
+        count = torch.cuda.device_count()
+        require(
+            device.index is None or device.index < count,
+            f"device={name} but only {count} CUDA device(s) exist; use cuda:0..cuda:{count - 1}",
+        )
+        return device
+    raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(temporary, path)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _hparams(
+    config: DictConfig, spec: DatasetSpec, batch_size: int, extra: Mapping[str, Any]
+) -> dict:
+    """The numbers and choices a sweep compares runs by (HParams dashboard columns)."""
+    values: dict[str, Any] = {group: config[group]["name"] for group in GROUPS}
+    values.update(
+        task=spec.task,
+        lr=config.optimizer.get("lr", 0.0),
+        batch_size=batch_size,
+        epochs=config.epochs,
+        seed=config.seed,
+    )
+    values.update(extra)
+    return {
+        key: value if isinstance(value, bool | int | float | str) else str(value)
+        for key, value in values.items()
+    }  # TensorBoard takes only these types (None becomes "None")
+
+
+def run(
+    config: DictConfig,
+    run_dir: Path,
+    *,
+    swept: Mapping[str, Any] | None = None,
+    console: Console | None = None,
+    title: str = "trainlab",
+) -> dict[str, Any]:
+    """Run one experiment into ``run_dir``; return what metrics.json holds.
+
+    ``swept`` adds hparams to compare by (the command-line overrides). Raises UserError for
+    anything the user can fix, before touching data whenever the config alone shows it.
+    """
+    started, clock = _now(), time.perf_counter()
+    settings = read_run_settings(config)
+    device = resolve_device(settings.device)
+    spec = describe_dataset(config.dataset)
+    loss_fn = build_loss(config.loss, spec)
+    optimizer_choice = read_optimizer(config.optimizer)
+    torch.manual_seed(settings.seed)
+    model = build_model(config.model, spec).to(device)
+    batch_size = (
+        spec.train_size
+        if optimizer_choice.full_batch
+        else min(settings.batch_size, spec.train_size)
+    )
+    steps_per_epoch = math.ceil(spec.train_size / batch_size)
+    optimizer = optimizer_choice.build(model.parameters())
+    schedule = build_schedule(
+        config.schedule, optimizer, TrainingPlan(settings.epochs, steps_per_epoch)
+    )
+    penalty = build_regularizer(config.regularizer, model)
+
+    metrics_path = run_dir / "metrics.json"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(metrics_path, {"status": "running", "started_at": started})
+    data = load_dataset(config.dataset).to(device)
+    loader = InMemoryLoader(data.train, batch_size, shuffle=True, seed=settings.seed)
+    names = metric_names(spec)
+    primary, _ = PRIMARY_METRIC[spec.task]
+    metric_tags = (
+        [f"final/test_{name}" for name in names]
+        + [f"final/best_val_{name}" for name in names]
+        + ["final/epochs_run"]
+    )
+    hparams = _hparams(config, spec, batch_size, to_plain(swept or {}))
+    tensorboard = TensorBoardLogger(run_dir, hparams, metric_tags)
+    console_logger = ConsoleLogger(console or Console(), title)
+    early = settings.early_stopping
+    fit_settings = FitSettings(
+        epochs=settings.epochs,
+        log_every_steps=settings.log_every_steps,
+        eval_every_epochs=settings.eval_every_epochs,
+        patience=early["patience"] if early["enabled"] else None,
+        min_delta=early["min_delta"],
+        restore_best=settings.restore_best,
+    )
+
+    def evaluate_split(split):
+        return evaluate(model, loss_fn, split, spec, settings.eval_batch_size)
+
+    try:
+        result = fit(
+            model,
+            loss_fn,
+            optimizer,
+            schedule,
+            penalty,
+            loader,
+            len(loader),
+            lambda: evaluate_split(data.val),
+            fit_settings,
+            [tensorboard, console_logger],
+        )
+        test = evaluate_split(data.test) if result.best_val is not None else None
+        history = result.history
+        final_val = {
+            name.removeprefix("val_"): values[-1]
+            for name, values in history.items()
+            if name.startswith("val_")
+        }
+        metrics = {
+            "status": result.status,
+            "message": result.message,
+            "task": spec.task,
+            "primary_metric": primary,
+            "metric_names": names,
+            "epochs_run": result.epochs_run,
+            "steps": result.steps,
+            "batch_size": batch_size,
+            "best_epoch": result.best_epoch,
+            "val": result.best_val,
+            "test": test,
+            "final": {
+                "epoch": result.epochs_run,
+                "train_loss": history["train_loss"][-1] if history.get("train_loss") else None,
+                "val": final_val or None,
+            },
+            "history": history,
+            "hparams": hparams,
+            "started_at": started,
+            "finished_at": _now(),
+            "wall_time_s": time.perf_counter() - clock,
+        }
+        flat = {f"test_{k}": v for k, v in (test or {}).items()}
+        flat.update({f"best_val_{k}": v for k, v in (result.best_val or {}).items()})
+        flat["epochs_run"] = result.epochs_run
+        tensorboard.write_final(flat)
+    finally:
+        tensorboard.close()
+    write_json(metrics_path, metrics)
+    console_logger.summary(metrics, run_dir)
+    return metrics

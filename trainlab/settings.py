@@ -1,0 +1,170 @@
+"""Check a config node against the keyword parameters of the function that consumes it.
+
+Every group option is a dict of settings handed to one builder function; this module makes sure
+the keys exist and the values have the right kind before anything is built, and turns mistakes
+into one-line errors that name the key and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from trainlab.errors import ConfigError
+
+
+def to_plain(node: Any) -> Any:
+    """Turn an OmegaConf node into plain Python containers (resolving interpolations)."""
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _kind_of(annotation: Any, default: Any) -> Any:
+    """The expected kind of a parameter: its annotation when it is simple, else its default's type."""
+    if annotation is not inspect.Parameter.empty and not isinstance(annotation, str):
+        return annotation
+    if default is inspect.Parameter.empty or default is None:
+        return Any
+    if isinstance(default, bool):
+        return bool
+    if _is_number(default):
+        return float
+    if isinstance(default, tuple | list):
+        return list
+    return type(default)
+
+
+def _describe(kind: Any) -> str:
+    origin = typing.get_origin(kind)
+    if kind is float:
+        return "a number"
+    if kind is int:
+        return "an integer"
+    if kind is bool:
+        return "true or false"
+    if kind is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(str(choice) for choice in typing.get_args(kind))
+    if origin in (list, tuple) or kind in (list, tuple):
+        return "a list like [1, 2]"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(kind) if arg is not type(None))
+    return str(kind)
+
+
+def matches(kind: Any, value: Any) -> bool:
+    """Whether ``value`` (plain Python) is acceptable for a parameter of ``kind``."""
+    origin = typing.get_origin(kind)
+    if kind is Any:
+        return True
+    if kind is float:
+        return _is_number(value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    if origin is Literal:
+        return value in typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(arg, value) for arg in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if kind in (list, tuple):
+        return isinstance(value, list | tuple)
+    if origin is list:
+        return isinstance(value, list | tuple) and all(
+            matches(typing.get_args(kind)[0], item) for item in value
+        )
+    if origin is tuple:
+        args = typing.get_args(kind)
+        if not isinstance(value, list | tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(matches(args[0], item) for item in value)
+        return len(args) == len(value) and all(map(matches, args, value))
+    return isinstance(value, kind) if isinstance(kind, type) else True
+
+
+def check_settings(
+    where: str,
+    settings: Mapping[str, Any],
+    function: Callable[..., Any],
+    *,
+    supplied: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Check ``settings`` against ``function``'s keyword parameters; return them as plain values.
+
+    ``where`` is the config path shown to the user (e.g. ``loss`` or ``optimizer``); ``supplied``
+    names parameters trainlab passes itself (e.g. the model's parameters), which the config must
+    not set.
+    """
+    signature = inspect.signature(function)
+    hints: dict[str, Any] = {}
+    # A class's __init__ carries its parameter annotations; a dataclass keeps them on the class.
+    for owner in (function, function.__init__) if inspect.isclass(function) else (function,):
+        with contextlib.suppress(Exception):  # torch may annotate with unresolvable names
+            hints.update(typing.get_type_hints(owner))
+    parameters = {
+        name: parameter
+        for name, parameter in signature.parameters.items()
+        if name not in supplied
+        and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }
+    plain = {key: to_plain(value) for key, value in settings.items()}
+    prefix = f"{where}." if where else ""
+    known = ", ".join(parameters) or "none"
+    for key in plain:
+        if key not in parameters:
+            raise ConfigError(f"{prefix}{key} is not a setting here (known settings: {known})")
+    for name, parameter in parameters.items():
+        if name not in plain:
+            if parameter.default is inspect.Parameter.empty:
+                raise ConfigError(
+                    f"{prefix}{name} is missing (add it back: +{prefix}{name}=<value>)"
+                )
+            continue
+        kind = _kind_of(hints.get(name, inspect.Parameter.empty), parameter.default)
+        if not matches(kind, plain[name]):
+            raise ConfigError(
+                f"{prefix}{name} must be {_describe(kind)}, got {plain[name]!r}"
+                f" (set {prefix}{name}=<{_describe(kind)}>)"
+            )
+    return plain
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a ConfigError with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def positive(where: str, value: float) -> None:
+    require(value > 0, f"{where} must be > 0, got {value} (set {where}=<a number above 0>)")
+
+
+def non_negative(where: str, value: float) -> None:
+    require(value >= 0, f"{where} must be >= 0, got {value} (set {where}=<a number, 0 or more>)")
+
+
+def fraction(where: str, value: float, *, open_right: bool = False) -> None:
+    """``value`` must lie in [0, 1] (or [0, 1) with ``open_right``)."""
+    upper_ok = value < 1 if open_right else value <= 1
+    interval = "[0, 1)" if open_right else "[0, 1]"
+    require(
+        value >= 0 and upper_ok,
+        f"{where} must be in {interval}, got {value} (set {where}=<a number in {interval}>)",
+    )

@@ -1,0 +1,65 @@
+"""The end of a multirun: one table comparing every member, and a non-zero exit if any failed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+
+def read_runs(sweep_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(member name, metrics.json content) for each run below ``sweep_dir``, in name order."""
+    runs = []
+    for path in sorted(sweep_dir.rglob("metrics.json")):
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            metrics = {"status": "failed", "error": f"unreadable {path.name}"}
+        runs.append((str(path.parent.relative_to(sweep_dir)), metrics))
+    return runs
+
+
+def summary_table(runs: list[tuple[str, dict[str, Any]]], title: str) -> Table:
+    """Members as rows: status, epochs, best validation loss and the test numbers."""
+    metric_names: list[str] = []
+    for _, metrics in runs:
+        for name in metrics.get("metric_names", []):
+            if name not in metric_names:
+                metric_names.append(name)
+    table = Table(title=title)
+    table.add_column("run", overflow="fold")
+    table.add_column("status")
+    table.add_column("epochs", justify="right")
+    table.add_column("best val loss", justify="right")
+    for name in metric_names:
+        table.add_column(f"test {name}", justify="right")
+    for run, metrics in runs:
+        val = metrics.get("val") or {}
+        test = metrics.get("test") or {}
+        table.add_row(
+            run,
+            metrics.get("status", "?"),
+            str(metrics.get("epochs_run", "-")),
+            f"{val['loss']:.4f}" if "loss" in val else "-",
+            *(f"{test[name]:.4f}" if name in test else "-" for name in metric_names),
+        )
+    return table
+
+
+class SweepSummary(Callback):
+    """Hydra callback: print the sweep's table; exit 1 when a member failed with an error."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        runs = read_runs(sweep_dir)
+        console = Console()
+        console.print(summary_table(runs, f"sweep {sweep_dir}"))
+        failed = [name for name, metrics in runs if metrics.get("status") == "failed"]
+        if failed:
+            console.print(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
+            raise SystemExit(1)
