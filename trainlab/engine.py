@@ -45,17 +45,16 @@ class Callback(Protocol):
     """What the engine reports; loggers implement any of these."""
 
     def on_fit_start(self, plan: TrainingPlan) -> None: ...
-    def on_step(self, step: int) -> None: ...  # every step: keep it cheap
     def on_log(self, step: int, epoch: int, scalars: dict[str, float]) -> None: ...
     def on_epoch_end(self, epoch: int, scalars: dict[str, float]) -> None: ...
     def on_fit_end(self, result: FitResult) -> None: ...
 
 
-def gradient_norm(parameters: Iterable[nn.Parameter]) -> torch.Tensor:
+def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
     """The global L2 norm of all gradients (as clip_grad_norm_ computes it), kept on the device."""
     norms = [torch.linalg.vector_norm(p.grad) for p in parameters if p.grad is not None]
     if not norms:
-        return torch.zeros(())
+        return torch.zeros((), device=parameters[0].device)
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
@@ -88,7 +87,6 @@ def fit(
     """Train ``model`` for ``settings.epochs`` passes over ``batches``; see :class:`FitResult`."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     device = parameters[0].device
-    zero = torch.zeros((), device=device)
     history: dict[str, list[float]] = {}
     best_val: dict[str, float] | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -105,46 +103,54 @@ def fit(
     while status == "completed" and epoch < settings.epochs:
         epoch += 1
         model.train()
-        epoch_sums = torch.zeros(2, device=device)  # data loss, penalty
-        interval_sums = torch.zeros(2, device=device)
-        interval_steps = 0
+        # Running sums on the device, [this epoch, since the last log]: one add per step, read
+        # back only at a logging interval or the end of the epoch.
+        loss_sums = torch.zeros(2, device=device)
+        penalty_sums = torch.zeros(2, device=device)
+        epoch_steps = interval_steps = 0
         for inputs, targets in batches:
-            first: list[torch.Tensor] = []
+            reported: list[torch.Tensor] = []
 
-            def closure(inputs=inputs, targets=targets, first=first) -> torch.Tensor:
+            def closure(inputs=inputs, targets=targets, reported=reported) -> torch.Tensor:
                 optimizer.zero_grad(set_to_none=True)
                 data_loss = loss_fn(model(inputs), targets)
-                penalty_value = penalty() if penalty is not None else zero
-                total = data_loss + penalty_value
+                total = data_loss
+                if penalty is not None:
+                    penalty_value = penalty()
+                    total = data_loss + penalty_value
                 total.backward()
-                if not first:  # L-BFGS evaluates several times; report the step's first value
-                    first.append(torch.stack([data_loss.detach(), penalty_value.detach()]))
+                if not reported:  # L-BFGS evaluates several times; report the step's first value
+                    reported.append(data_loss.detach())
+                    if penalty is not None:
+                        reported.append(penalty_value.detach())
                 return total
 
             optimizer.step(closure)
+            loss_sums += reported[0]
+            if penalty is not None:
+                penalty_sums += reported[1]
             step += 1
+            epoch_steps += 1
             interval_steps += 1
-            epoch_sums += first[0]
-            interval_sums += first[0]
             schedule.step_done()
-            _emit(callbacks, "on_step", step)
             if step % settings.log_every_steps == 0:
-                values = torch.cat(
-                    [interval_sums / interval_steps, gradient_norm(parameters)[None]]
-                )
-                loss, penalty_mean, grad_norm = values.tolist()
+                values = torch.stack([loss_sums[1], penalty_sums[1], gradient_norm(parameters)])
+                loss_total, penalty_total, grad_norm = values.tolist()
+                loss, penalty_mean = loss_total / interval_steps, penalty_total / interval_steps
                 lr = optimizer.param_groups[0]["lr"]
                 scalars = {"loss": loss, "penalty": penalty_mean, "lr": lr, "grad_norm": grad_norm}
                 _emit(callbacks, "on_log", step, epoch, scalars)
-                interval_sums.zero_()
+                loss_sums[1] = penalty_sums[1] = 0
                 interval_steps = 0
                 if not math.isfinite(loss + penalty_mean):
                     status, message = "diverged", _diverged("training loss", loss, epoch, step, lr)
                     break
 
-        train_loss, train_penalty = (epoch_sums / steps_per_epoch).tolist()
+        train_loss, train_penalty = (
+            torch.stack([loss_sums[0], penalty_sums[0]]) / epoch_steps
+        ).tolist()
         lr = optimizer.param_groups[0]["lr"]
-        scalars = {"train_loss": train_loss, "train_penalty": train_penalty, "lr": lr}
+        scalars = {"train_loss": train_loss, "train_penalty": train_penalty, "lr": lr, "step": step}
         if status == "completed" and not math.isfinite(train_loss + train_penalty):
             status, message = "diverged", _diverged("training loss", train_loss, epoch, step, lr)
 

@@ -26,15 +26,14 @@ class TensorBoardLogger:
     (for sweep members, the readable override string).
     """
 
-    def __init__(self, run_dir: Path, hparams: Mapping[str, Any], metric_tags: list[str]) -> None:
+    def __init__(self, run_dir: Path, hparams: Mapping[str, Any]) -> None:
         self.writer = SummaryWriter(log_dir=str(run_dir))
-        self.metric_tags = metric_tags
-        experiment, start, self._end = hparams_summaries(
-            dict(hparams), dict.fromkeys(metric_tags, 0.0)
-        )
-        # Written at the start, so the HParams dashboard lists the run while it trains.
-        for summary in (experiment, start):
-            self.writer.file_writer.add_summary(summary)
+        # Only the session summaries, no experiment summary: TensorBoard then builds the
+        # experiment from every run it sees, so the hparams that differ across a sweep are
+        # flagged as such and every scalar can be a metric column. Written at the start, so the
+        # HParams dashboard lists the run while it trains.
+        _, start, self._end = hparams_summaries(dict(hparams), {})
+        self.writer.file_writer.add_summary(start)
 
     def on_log(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
@@ -42,15 +41,13 @@ class TensorBoardLogger:
 
     def on_epoch_end(self, epoch: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
-            if name != "epoch":
+            if name not in ("epoch", "step"):
                 self.writer.add_scalar(f"epoch/{name}", value, epoch)
 
     def write_final(self, metrics: Mapping[str, float]) -> None:
-        """Final numbers under ``final/*`` (the HParams dashboard's metric columns)."""
-        for tag in self.metric_tags:
-            value = metrics.get(tag.removeprefix("final/"))
-            if value is not None:
-                self.writer.add_scalar(tag, value, 0)
+        """Final numbers as ``final/*`` scalars (the HParams dashboard's metric columns)."""
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"final/{name}", value, 0)
         self.writer.file_writer.add_summary(self._end)
 
     def close(self) -> None:
@@ -79,19 +76,15 @@ class ConsoleLogger:
         self.task = self.progress.add_task(self.title, total=plan.total_steps, status="")
         self.plan = plan
 
-    def on_step(self, step: int) -> None:
-        self.progress.advance(self.task)
-
     def on_log(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
-        self.progress.update(
-            self.task, status=f"epoch {epoch}/{self.plan.epochs}  loss {scalars['loss']:.4g}"
-        )
+        status = f"epoch {epoch}/{self.plan.epochs}  loss {scalars['loss']:.4g}"
+        self.progress.update(self.task, completed=step, status=status)
 
     def on_epoch_end(self, epoch: int, scalars: dict[str, float]) -> None:
         status = f"epoch {epoch}/{self.plan.epochs}  loss {scalars['train_loss']:.4g}"
         if "val_loss" in scalars:
             status += f"  val {scalars['val_loss']:.4g}"
-        self.progress.update(self.task, status=status)
+        self.progress.update(self.task, completed=scalars["step"], status=status)
 
     def on_fit_end(self, result: FitResult) -> None:
         self.progress.stop()

@@ -166,13 +166,8 @@ def run(
     loader = InMemoryLoader(data.train, batch_size, shuffle=True, seed=settings.seed)
     names = metric_names(spec)
     primary, _ = PRIMARY_METRIC[spec.task]
-    metric_tags = (
-        [f"final/test_{name}" for name in names]
-        + [f"final/best_val_{name}" for name in names]
-        + ["final/epochs_run"]
-    )
     hparams = _hparams(config, spec, batch_size, to_plain(swept or {}))
-    tensorboard = TensorBoardLogger(run_dir, hparams, metric_tags)
+    tensorboard = TensorBoardLogger(run_dir, hparams)
     console_logger = ConsoleLogger(console or Console(), title)
     early = settings.early_stopping
     fit_settings = FitSettings(
