@@ -25,8 +25,10 @@ EXPECTED_TAGS = {
     "epoch/val_accuracy",
     "final/test_loss",
     "final/test_accuracy",
+    "final/val_loss",
+    "final/val_accuracy",
     "final/best_val_loss",
-    "final/best_val_accuracy",
+    "final/epochs_run",
 }
 
 

@@ -3,6 +3,7 @@ stopping with best weights restored, divergence, reproducibility."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,75 @@ def test_classification_losses_and_models_separate_on_the_default_data(tmp_path)
     mlp = run(compose_config("model=mlp", *sizes), tmp_path / "mlp")
     assert linear["test"]["accuracy"] < 0.5
     assert mlp["test"]["accuracy"] > linear["test"]["accuracy"] + 0.15
+
+
+class _Recorder:
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, step, epoch, scalars):
+        self.logs.append((step, scalars["loss"]))
+
+
+def test_a_logging_interval_spanning_epochs_averages_all_its_steps():
+    """Two steps per epoch, a log every three: each logged loss is the mean of its 3 steps."""
+    step_values = iter(float(v) for v in range(1, 100))
+    model = nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def loss_fn(outputs, targets):  # the k-th step's loss is k
+        return outputs.sum() * 0 + next(step_values)
+
+    recorder = _Recorder()
+    batches = [(torch.ones(1, 1), torch.ones(1, 1))] * 2
+    schedule = build_schedule({"name": "constant"}, optimizer, TrainingPlan(3, 2))
+    fit(
+        model,
+        loss_fn,
+        optimizer,
+        schedule,
+        None,
+        batches,
+        2,
+        lambda: {"loss": 1.0},
+        FitSettings(epochs=3, log_every_steps=3),
+        [recorder],
+    )
+    assert recorder.logs == [(3, pytest.approx(2.0)), (6, pytest.approx(5.0))]
+
+
+def test_history_lines_up_when_evaluating_every_other_epoch(tmp_path):
+    metrics = run(compose_config(*TINY[:3], "epochs=5", "eval_every_epochs=2"), tmp_path)
+    history = metrics["history"]
+    assert history["epoch"] == [1, 2, 3, 4, 5]
+    assert [v is None for v in history["val_loss"]] == [True, False, True, False, False]
+    assert len(history["train_loss"]) == len(history["val_accuracy"]) == 5
+
+
+def test_without_restoring_best_val_and_test_describe_the_last_weights(tmp_path):
+    config = compose_config(
+        *TINY[:3],
+        "epochs=6",
+        "restore_best=false",
+        "early_stopping.enabled=false",
+        "optimizer.lr=0.05",
+    )
+    metrics = run(config, tmp_path)
+    assert metrics["restored_best"] is False
+    assert (
+        metrics["val"]["loss"]
+        == metrics["history"]["val_loss"][-1]
+        == metrics["final"]["val"]["loss"]
+    )
+    assert metrics["best_val_loss"] == min(metrics["history"]["val_loss"])
+
+
+def test_metrics_json_is_strict_json_after_divergence(tmp_path):
+    run(compose_config("optimizer=sgd", "optimizer.lr=1e6", "loss=mse", *TINY), tmp_path)
+    text = (tmp_path / "metrics.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    metrics = json.loads(text, parse_constant=refuse)
+    assert metrics["status"] == "diverged" and None in metrics["history"]["train_loss"]

@@ -121,6 +121,19 @@ def test_bad_schedules(config, fragment):
     assert fragment in str(error.value)
 
 
+def test_onecycle_needs_more_than_one_warmup_step():
+    config = {
+        "name": "onecycle",
+        "pct_start": 0.05,
+        "anneal_strategy": "cos",
+        "div_factor": 25.0,
+        "final_div_factor": 1e4,
+        "cycle_momentum": False,
+    }
+    with pytest.raises(ConfigError, match="leaves no warm-up step out of 20 steps"):
+        trajectory(config)
+
+
 def test_onecycle_with_an_optimizer_without_momentum_says_how_to_fix_it():
     parameter = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.Adagrad([parameter], lr=0.1)
@@ -162,11 +175,17 @@ def test_optimizers_build_the_torch_class_with_the_configured_knobs():
     [
         ({"name": "adam", "lr": -1.0}, "optimizer.lr must be > 0"),
         ({"name": "adam", "lr": 0}, "optimizer.lr must be > 0"),
-        ({"name": "adam", "lr": "fast"}, "optimizer.lr must be a number"),
+        ({"name": "adam", "lr": "fast"}, "optimizer.lr must be a number, got 'fast'"),
+        ({"name": "adam", "lr": 0.1, "betas": 0.9}, "optimizer.betas must be a list of 2 numbers"),
         ({"name": "adam", "lr": 0.1, "betas": [1.5, 0.9]}, "Invalid beta parameter"),
         ({"name": "sgd", "lr": 0.1, "betas": [0.9, 0.9]}, "optimizer.betas is not a setting here"),
         ({"name": "sgd", "lr": 0.1, "momentum": -0.5}, "Invalid momentum"),
         ({"name": "adamm", "lr": 0.1}, "unknown optimizer 'adamm'"),
+        ({"name": "lbfgs", "lr": 1.0, "history_size": 0}, "optimizer.history_size must be >= 1"),
+        ({"name": "lbfgs", "lr": 1.0, "line_search_fn": "foo"}, "must be strong_wolfe or null"),
+        ({"name": "lbfgs", "lr": 1.0, "max_eval": 0}, "optimizer.max_eval must be >= 1"),
+        ({"name": "adam", "lr": 0.1, "capturable": True}, "optimizer.capturable is not a setting"),
+        ({"name": "sgd", "lr": 0.1, "maximize": True}, "optimizer.maximize is not a setting"),
     ],
 )
 def test_bad_optimizers(config, fragment):

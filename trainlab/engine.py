@@ -37,8 +37,9 @@ class FitResult:
     epochs_run: int
     steps: int
     best_epoch: int | None
-    best_val: dict[str, float] | None
-    history: dict[str, list[float]] = field(default_factory=dict)
+    best_val: dict[str, float] | None  # validation metrics at the best epoch
+    last_val: dict[str, float] | None  # at the last evaluation
+    history: dict[str, list[float | None]] = field(default_factory=dict)
 
 
 class Callback(Protocol):
@@ -87,7 +88,8 @@ def fit(
     """Train ``model`` for ``settings.epochs`` passes over ``batches``; see :class:`FitResult`."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     device = parameters[0].device
-    history: dict[str, list[float]] = {}
+    rows: list[dict[str, float]] = []  # one per epoch; becomes the history at the end
+    last_val: dict[str, float] | None = None
     best_val: dict[str, float] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch: int | None = None
@@ -96,18 +98,16 @@ def fit(
     status, message = "completed", ""
     _emit(callbacks, "on_fit_start", TrainingPlan(settings.epochs, steps_per_epoch))
 
-    def record(scalars: dict[str, float]) -> None:
-        for name, value in scalars.items():
-            history.setdefault(name, []).append(value)
-
+    # Running sums on the device, [this epoch, since the last log]: one add per step, read back
+    # only at a logging interval or the end of an epoch. A logging interval may span epochs.
+    loss_sums = torch.zeros(2, device=device)
+    penalty_sums = torch.zeros(2, device=device)
+    interval_steps = 0
     while status == "completed" and epoch < settings.epochs:
         epoch += 1
         model.train()
-        # Running sums on the device, [this epoch, since the last log]: one add per step, read
-        # back only at a logging interval or the end of the epoch.
-        loss_sums = torch.zeros(2, device=device)
-        penalty_sums = torch.zeros(2, device=device)
-        epoch_steps = interval_steps = 0
+        loss_sums[0] = penalty_sums[0] = 0
+        epoch_steps = 0
         for inputs, targets in batches:
             reported: list[torch.Tensor] = []
 
@@ -158,7 +158,7 @@ def fit(
         if status == "completed" and (
             epoch % settings.eval_every_epochs == 0 or epoch == settings.epochs
         ):
-            val = evaluate_val()
+            val = last_val = evaluate_val()
             scalars.update({f"val_{name}": value for name, value in val.items()})
             if not math.isfinite(val["loss"]):
                 status, message = (
@@ -171,7 +171,7 @@ def fit(
             else:
                 stale_evaluations += 1
         scalars["epoch"] = epoch
-        record(scalars)
+        rows.append(scalars)
         _emit(callbacks, "on_epoch_end", epoch, scalars)
         if status != "completed":
             break
@@ -185,6 +185,8 @@ def fit(
 
     if settings.restore_best and best_state is not None:
         model.load_state_dict(best_state)
-    result = FitResult(status, message, epoch, step, best_epoch, best_val, history)
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    history = {name: [row.get(name) for row in rows] for name in names}  # None: not evaluated
+    result = FitResult(status, message, epoch, step, best_epoch, best_val, last_val, history)
     _emit(callbacks, "on_fit_end", result)
     return result

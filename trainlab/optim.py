@@ -32,6 +32,30 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
+# Keyword arguments of torch's optimizers that are implementation switches, not training
+# knobs (or, for maximize, would turn training upside down): the config cannot set them.
+_INTERNAL_KNOBS = ("params", "foreach", "capturable", "differentiable", "fused", "maximize")
+
+
+def _check_lbfgs(settings: dict[str, Any]) -> None:
+    """L-BFGS fails only inside its first step on these; refuse them up front."""
+    require(settings.get("max_iter", 20) >= 1, "optimizer.max_iter must be >= 1")
+    require(settings.get("history_size", 100) >= 1, "optimizer.history_size must be >= 1")
+    max_eval = settings.get("max_eval")
+    require(max_eval is None or max_eval >= 1, "optimizer.max_eval must be >= 1 or null")
+    line_search = settings.get("line_search_fn")
+    require(
+        line_search in (None, "strong_wolfe"),
+        f"optimizer.line_search_fn must be strong_wolfe or null, got {line_search!r}",
+    )
+
+
+# Checks torch itself makes only once training has started.
+_LATE_CHECKS: dict[type[torch.optim.Optimizer], Callable[[dict[str, Any]], None]] = {
+    torch.optim.LBFGS: _check_lbfgs,
+}
+
+
 @dataclass(frozen=True)
 class OptimizerChoice:
     """The configured optimizer before it meets the model's parameters."""
@@ -60,8 +84,9 @@ def read_optimizer(config: Mapping[str, Any]) -> OptimizerChoice:
         f"optimizer.full_batch must be true or false, got {full_batch!r}",
     )
     settings = {key: value for key, value in config.items() if key not in ("name", "full_batch")}
-    settings = check_settings("optimizer", settings, OPTIMIZERS[name], supplied=("params",))
+    settings = check_settings("optimizer", settings, OPTIMIZERS[name], supplied=_INTERNAL_KNOBS)
     positive("optimizer.lr", settings.get("lr", 1.0))
+    _LATE_CHECKS.get(OPTIMIZERS[name], lambda settings: None)(settings)
     choice = OptimizerChoice(name, full_batch, settings)
     choice.build([torch.zeros(1, requires_grad=True)])  # torch validates the rest now, not later
     return choice
@@ -202,6 +227,12 @@ def onecycle(
 ) -> LRSchedule:
     """1cycle: from lr/div_factor up to optimizer.lr, then down to lr/(div_factor*final_div_factor)."""
     fraction("schedule.pct_start", pct_start, open_right=True)
+    # torch divides by (pct_start * total_steps - 1): the warm-up needs more than one step.
+    require(
+        pct_start * plan.total_steps > 1,
+        f"schedule.pct_start={pct_start} leaves no warm-up step out of {plan.total_steps} "
+        "steps; raise schedule.pct_start or epochs",
+    )
     positive("schedule.div_factor", div_factor)
     positive("schedule.final_div_factor", final_div_factor)
     try:
@@ -230,7 +261,9 @@ def plateau(
     threshold: float,
     min_lr: float,
 ) -> LRSchedule:
-    """lr multiplied by ``factor`` after ``patience`` epochs without validation-loss progress."""
+    """lr multiplied by ``factor`` once more than ``patience`` evaluations in a row brought no
+    validation-loss improvement (torch's ReduceLROnPlateau; evaluations are every epoch by
+    default)."""
     require(0 < factor < 1, f"schedule.factor must be in (0, 1), got {factor}")
     require(patience >= 0, f"schedule.patience must be >= 0, got {patience}")
     non_negative("schedule.threshold", threshold)

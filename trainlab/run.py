@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ def read_run_settings(config: Mapping[str, Any]) -> RunSettings:
     """Check the top-level keys: types, ranges, and the early-stopping block."""
     top = {key: value for key, value in config.items() if key not in GROUPS}
     settings = RunSettings(**check_settings("", top, RunSettings))
+    require(
+        0 <= settings.seed < 2**63, f"seed must be in [0, 2^63), got {settings.seed} (e.g. seed=0)"
+    )
     for key in ("epochs", "batch_size", "log_every_steps", "eval_every_epochs", "eval_batch_size"):
         value = getattr(settings, key)
         require(value >= 1, f"{key} must be >= 1, got {value} (e.g. {key}=10)")
@@ -81,7 +85,7 @@ def resolve_device(name: str) -> torch.device:
             "device=mps but MPS is not available here; use device=auto or device=cpu",
         )
         return torch.device("mps")
-    if name == "cuda" or name.startswith("cuda:"):
+    if re.fullmatch(r"cuda(:\d+)?", name):
         require(
             torch.cuda.is_available(),
             f"device={name} but torch sees no CUDA GPU on this machine; use device=auto or device=cpu",
@@ -96,10 +100,22 @@ def resolve_device(name: str) -> torch.device:
     raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
+def _strict_json(value: Any) -> Any:
+    """NaN and infinities become null: strict JSON readers (jq, JavaScript) reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(item) for item in value]
+    return value
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
     temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    text = json.dumps(_strict_json(data), indent=2, default=str, allow_nan=False)
+    temporary.write_text(text + "\n")
     os.replace(temporary, path)
 
 
@@ -195,13 +211,13 @@ def run(
             fit_settings,
             [tensorboard, console_logger],
         )
-        test = evaluate_split(data.test) if result.best_val is not None else None
+        # The weights that end the run: the best ones when restored, else the last ones (not
+        # worth testing if they diverged). "val" always describes the same weights as "test".
+        restored = settings.restore_best and result.best_val is not None
+        tested_val = result.best_val if restored else result.last_val
+        testable = tested_val is not None and (restored or result.status != "diverged")
+        test = evaluate_split(data.test) if testable else None
         history = result.history
-        final_val = {
-            name.removeprefix("val_"): values[-1]
-            for name, values in history.items()
-            if name.startswith("val_")
-        }
         metrics = {
             "status": result.status,
             "message": result.message,
@@ -212,12 +228,14 @@ def run(
             "steps": result.steps,
             "batch_size": batch_size,
             "best_epoch": result.best_epoch,
-            "val": result.best_val,
+            "best_val_loss": result.best_val["loss"] if result.best_val else None,
+            "restored_best": restored,
+            "val": tested_val,
             "test": test,
             "final": {
                 "epoch": result.epochs_run,
                 "train_loss": history["train_loss"][-1] if history.get("train_loss") else None,
-                "val": final_val or None,
+                "val": result.last_val,
             },
             "history": history,
             "hparams": hparams,
@@ -226,7 +244,9 @@ def run(
             "wall_time_s": time.perf_counter() - clock,
         }
         flat = {f"test_{k}": v for k, v in (test or {}).items()}
-        flat.update({f"best_val_{k}": v for k, v in (result.best_val or {}).items()})
+        flat.update({f"val_{k}": v for k, v in (tested_val or {}).items()})
+        if result.best_val:
+            flat["best_val_loss"] = result.best_val["loss"]
         flat["epochs_run"] = result.epochs_run
         tensorboard.write_final(flat)
     finally:

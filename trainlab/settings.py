@@ -45,23 +45,43 @@ def _kind_of(annotation: Any, default: Any) -> Any:
     return type(default)
 
 
+_SIMPLE_NAMES = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+_PLURAL_NAMES = {float: "numbers", int: "integers", bool: "booleans", str: "strings"}
+
+
+def _plural(kind: Any) -> str:
+    """``numbers`` for float (or a union holding float), and so on."""
+    if kind in _PLURAL_NAMES:
+        return _PLURAL_NAMES[kind]
+    simple = [arg for arg in typing.get_args(kind) if arg in _PLURAL_NAMES]
+    return _PLURAL_NAMES[simple[0]] if simple else "values"
+
+
 def _describe(kind: Any) -> str:
+    """Say in words what ``kind`` accepts (for error messages)."""
     origin = typing.get_origin(kind)
-    if kind is float:
-        return "a number"
-    if kind is int:
-        return "an integer"
-    if kind is bool:
-        return "true or false"
-    if kind is str:
-        return "a string"
+    if kind in _SIMPLE_NAMES:
+        return _SIMPLE_NAMES[kind]
+    if kind in (dict, Mapping) or origin in (dict, Mapping):
+        return "a mapping of settings"
     if origin is Literal:
         return "one of " + ", ".join(str(choice) for choice in typing.get_args(kind))
     if origin in (list, tuple) or kind in (list, tuple):
+        args = [arg for arg in typing.get_args(kind) if arg is not Ellipsis]
+        if origin is tuple and len(args) > 1 and len(set(args)) == 1:
+            return f"a list of {len(args)} {_plural(args[0])}"
+        if args and len(set(args)) == 1:
+            return f"a list of {_plural(args[0])}"
         return "a list like [1, 2]"
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(arg) for arg in typing.get_args(kind) if arg is not type(None))
-    return str(kind)
+        # Only the kinds a config can hold (torch also accepts tensors for some knobs).
+        words = [
+            _describe(arg)
+            for arg in typing.get_args(kind)
+            if arg is not type(None) and (arg in _SIMPLE_NAMES or typing.get_origin(arg))
+        ]
+        return " or ".join(dict.fromkeys(words)) or "a value"
+    return getattr(kind, "__name__", str(kind))
 
 
 def matches(kind: Any, value: Any) -> bool:

@@ -12,15 +12,25 @@ from rich.console import Console
 from rich.table import Table
 
 
-def read_runs(sweep_dir: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(member name, metrics.json content) for each run below ``sweep_dir``, in name order."""
+def read_runs(
+    sweep_dir: Path, member_dirs: list[Path] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """(member name, metrics.json content) for ``member_dirs`` (default: every run below
+    ``sweep_dir``), in name order. A member without a readable metrics.json counts as failed."""
+    if member_dirs is None:
+        member_dirs = [path.parent for path in sweep_dir.rglob("metrics.json")]
     runs = []
-    for path in sorted(sweep_dir.rglob("metrics.json")):
+    for run_dir in sorted(member_dirs):
         try:
-            metrics = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            metrics = {"status": "failed", "error": f"unreadable {path.name}"}
-        runs.append((str(path.parent.relative_to(sweep_dir)), metrics))
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            metrics = {"status": "failed", "error": f"no readable metrics.json ({error})"}
+        name = (
+            str(run_dir.relative_to(sweep_dir))
+            if run_dir.is_relative_to(sweep_dir)
+            else str(run_dir)
+        )
+        runs.append((name, metrics))
     return runs
 
 
@@ -52,11 +62,21 @@ def summary_table(runs: list[tuple[str, dict[str, Any]]], title: str) -> Table:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: print the sweep's table; exit 1 when a member failed with an error."""
+    """Hydra callback: print the sweep's table; exit 1 when a member failed with an error.
+
+    Only this sweep's members count, not runs an earlier sweep left in the same folder.
+    """
+
+    def __init__(self) -> None:
+        self.member_dirs: list[Path] = []
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        self.member_dirs.append(Path(config.hydra.runtime.output_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        runs = read_runs(sweep_dir)
+        # Launchers that run jobs in other processes never call on_job_end here: scan instead.
+        runs = read_runs(sweep_dir, self.member_dirs or None)
         console = Console()
         console.print(summary_table(runs, f"sweep {sweep_dir}"))
         failed = [name for name, metrics in runs if metrics.get("status") == "failed"]
