@@ -17,9 +17,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from rich.console import Console
 
 from trainlab.errors import UserError
+from trainlab.loggers import make_console
 from trainlab.run import run, write_json
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -70,7 +70,7 @@ def _main(config: DictConfig) -> float | None:
     title = run_name(hydra_config.job.override_dirname, 0) if multirun else "trainlab"
     try:
         metrics = run(
-            config, run_dir, swept=_swept(config, overrides), console=Console(), title=title
+            config, run_dir, swept=_swept(config, overrides), console=make_console(), title=title
         )
     except UserError as error:
         _fail(run_dir, str(error))

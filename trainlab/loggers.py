@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,15 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from trainlab.engine import FitResult
 from trainlab.optim import TrainingPlan
+
+
+def make_console() -> Console:
+    """A rich console; when output goes to a file or pipe, 120 columns (or $COLUMNS) rather
+    than rich's 80, so tables of sweep members stay readable in logs."""
+    console = Console()
+    if console.is_terminal:
+        return console
+    return Console(width=int(os.environ.get("COLUMNS", "120")))
 
 
 class TensorBoardLogger:
@@ -102,10 +112,8 @@ class ConsoleLogger:
                 split, *(f"{values[name]:.4f}" if name in values else "-" for name in names)
             )
         self.console.print(table)
-        if metrics.get("message"):
-            self.console.print(f"{metrics['status']}: {metrics['message']}", soft_wrap=True)
         self.console.print(
-            f"epochs {metrics['epochs_run']} (best {metrics['best_epoch']}), "
+            f"epochs {metrics['epochs_run']} (best {metrics['best_epoch'] or '-'}), "
             f"steps {metrics['steps']}, {metrics['wall_time_s']:.1f}s, run dir {run_dir}",
             soft_wrap=True,
         )

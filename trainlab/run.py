@@ -6,6 +6,7 @@ Everything a user can get wrong is built and checked before any data is loaded.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -23,7 +24,7 @@ from rich.console import Console
 from trainlab.data import DatasetSpec, InMemoryLoader, describe_dataset, load_dataset
 from trainlab.engine import FitSettings, fit
 from trainlab.errors import ConfigError
-from trainlab.loggers import ConsoleLogger, TensorBoardLogger
+from trainlab.loggers import ConsoleLogger, TensorBoardLogger, make_console
 from trainlab.losses import build_loss
 from trainlab.metrics import PRIMARY_METRIC, evaluate, metric_names
 from trainlab.models import build_model
@@ -31,6 +32,7 @@ from trainlab.optim import TrainingPlan, build_schedule, read_optimizer
 from trainlab.regularizers import build_regularizer
 from trainlab.settings import check_settings, non_negative, require, to_plain
 
+log = logging.getLogger("trainlab")
 GROUPS = ("dataset", "model", "loss", "optimizer", "schedule", "regularizer")
 
 
@@ -174,6 +176,26 @@ def run(
         config.schedule, optimizer, TrainingPlan(settings.epochs, steps_per_epoch)
     )
     penalty = build_regularizer(config.regularizer, model)
+    log.info(
+        "dataset=%s (%s; %d train / %d val / %d test) model=%s loss=%s optimizer=%s lr=%g "
+        "schedule=%s regularizer=%s | batch %d, %d steps/epoch, %d epochs, device %s",
+        spec.name, spec.task, spec.train_size, spec.val_size, spec.test_size,
+        config.model.name, config.loss.name, optimizer_choice.name,
+        config.optimizer.get("lr", float("nan")), config.schedule.name, config.regularizer.name,
+        batch_size, steps_per_epoch, settings.epochs, device,
+    )  # fmt: skip
+    if optimizer_choice.full_batch and settings.batch_size != spec.train_size:
+        log.info(
+            "optimizer=%s is full batch: batch_size=%d is not used",
+            optimizer_choice.name,
+            settings.batch_size,
+        )
+    elif settings.batch_size > spec.train_size:
+        log.info(
+            "batch_size=%d exceeds the %d training examples: full batch",
+            settings.batch_size,
+            spec.train_size,
+        )
 
     metrics_path = run_dir / "metrics.json"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +206,7 @@ def run(
     primary, _ = PRIMARY_METRIC[spec.task]
     hparams = _hparams(config, spec, batch_size, to_plain(swept or {}))
     tensorboard = TensorBoardLogger(run_dir, hparams)
-    console_logger = ConsoleLogger(console or Console(), title)
+    console_logger = ConsoleLogger(console or make_console(), title)
     early = settings.early_stopping
     fit_settings = FitSettings(
         epochs=settings.epochs,
@@ -252,5 +274,8 @@ def run(
     finally:
         tensorboard.close()
     write_json(metrics_path, metrics)
+    log.info(
+        "%s%s -> %s", result.status, f": {result.message}" if result.message else "", metrics_path
+    )
     console_logger.summary(metrics, run_dir)
     return metrics

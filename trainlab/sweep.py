@@ -8,8 +8,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-from rich.console import Console
 from rich.table import Table
+
+from trainlab.loggers import make_console
 
 
 def read_runs(
@@ -19,8 +20,9 @@ def read_runs(
     ``sweep_dir``), in name order. A member without a readable metrics.json counts as failed."""
     if member_dirs is None:
         member_dirs = [path.parent for path in sweep_dir.rglob("metrics.json")]
+    sweep_dir = sweep_dir.resolve()
     runs = []
-    for run_dir in sorted(member_dirs):
+    for run_dir in sorted(path.resolve() for path in member_dirs):
         try:
             metrics = json.loads((run_dir / "metrics.json").read_text())
         except (OSError, json.JSONDecodeError) as error:
@@ -45,7 +47,7 @@ def summary_table(runs: list[tuple[str, dict[str, Any]]], title: str) -> Table:
     table.add_column("run", overflow="fold")
     table.add_column("status")
     table.add_column("epochs", justify="right")
-    table.add_column("best val loss", justify="right")
+    table.add_column("val loss", justify="right")
     for name in metric_names:
         table.add_column(f"test {name}", justify="right")
     for run, metrics in runs:
@@ -77,7 +79,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         # Launchers that run jobs in other processes never call on_job_end here: scan instead.
         runs = read_runs(sweep_dir, self.member_dirs or None)
-        console = Console()
+        console = make_console()
         console.print(summary_table(runs, f"sweep {sweep_dir}"))
         failed = [name for name, metrics in runs if metrics.get("status") == "failed"]
         if failed:
