@@ -22,16 +22,30 @@ def compose_config(*overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+ENV = {**os.environ, "HYDRA_FULL_ERROR": "0", "COLUMNS": "200"}
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m trainlab ARGS`` (the console script's code) and capture its output."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "trainlab", *args],
         cwd=cwd,
-        env=env,
+        env=ENV,
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    """Start ``python -m trainlab ARGS`` without waiting for it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainlab", *args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

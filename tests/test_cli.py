@@ -4,6 +4,8 @@ back, help, and the bad-input cases."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tests.helpers import TINY, run_cli
+from tests.helpers import TINY, run_cli, start_cli
 
 EXPECTED_TAGS = {
     "train/loss",
@@ -212,3 +214,40 @@ def test_unknown_option_lists_the_valid_ones(tmp_path):
         assert f"\t{option}\n" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_same_command_twice_gives_the_same_metrics(tmp_path):
+    results = []
+    for name in ("first", "second"):
+        run_dir = tmp_path / name
+        result = run_cli("model.dropout=0.1", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        results.append(json.loads((run_dir / "metrics.json").read_text()))
+    first, second = results
+    for key in ("history", "val", "test", "steps", "best_epoch"):
+        assert first[key] == second[key], key
+
+
+@pytest.mark.parametrize(
+    "signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"]
+)
+def test_an_interrupted_run_is_marked_and_exits_without_traceback(signal_number, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_cli(
+        "epochs=100000", "early_stopping.enabled=false", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    metrics_path = run_dir / "metrics.json"
+    deadline = time.monotonic() + 60
+    while not (metrics_path.exists() and "running" in metrics_path.read_text()):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    time.sleep(0.5)  # inside the training loop
+    process.send_signal(signal_number)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in stdout + stderr
+    assert stderr.strip().splitlines() == [
+        f"trainlab: interrupted; {run_dir} is marked interrupted"
+    ]
+    assert json.loads(metrics_path.read_text())["status"] == "interrupted"
+    assert "interrupted: stopped by Ctrl-C or SIGTERM" in (run_dir / "trainlab.log").read_text()

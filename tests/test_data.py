@@ -50,8 +50,10 @@ def test_regression_outliers_hit_train_and_val_only():
 
 
 def test_describe_validates_without_loading():
-    spec = describe_dataset(dataset_config(task="ranking", list_size=5, ndcg_k=10))
-    assert spec.list_size == 5 and spec.ndcg_k == 5 and spec.output_size == 1
+    spec = describe_dataset(dataset_config(task="ranking", list_size=5, ndcg_k=3))
+    assert spec.list_size == 5 and spec.ndcg_k == 3 and spec.output_size == 1
+    with pytest.raises(ConfigError, match=r"ndcg_k must be in \[1, dataset\.list_size=5\]"):
+        describe_dataset(dataset_config(task="ranking", list_size=5, ndcg_k=10))
     with pytest.raises(ConfigError, match=r"dataset\.outliers must be in"):
         describe_dataset(dataset_config(outliers=1.5))
     with pytest.raises(ConfigError, match=r"dataset\.task must be one of"):

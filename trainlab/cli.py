@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -24,6 +25,7 @@ from trainlab.run import run, write_json
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C
 log = logging.getLogger("trainlab")
 
 
@@ -55,10 +57,16 @@ def _swept(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
     return swept
 
 
-def _fail(run_dir: Path, message: str) -> None:
-    metrics_path = run_dir / "metrics.json"
+def _record_end(run_dir: Path, log_name: str, status: str, message: str) -> None:
+    """Mark a run that did not finish (failed, interrupted) in its metrics.json and log."""
     if run_dir.is_dir():
-        write_json(metrics_path, {"status": "failed", "error": message})
+        write_json(run_dir / "metrics.json", {"status": status, "error": message})
+        with open(run_dir / log_name, "a") as log_file:  # the console line goes to stderr only
+            log_file.write(f"{status}: {message}\n")
+
+
+def _interrupt(signal_number: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run the way Ctrl-C does
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -68,19 +76,24 @@ def _main(config: DictConfig) -> float | None:
     multirun = hydra_config.mode == RunMode.MULTIRUN
     overrides = list(hydra_config.overrides.task)
     title = run_name(hydra_config.job.override_dirname, 0) if multirun else "trainlab"
+    log_name = f"{hydra_config.job.name}.log"
     try:
         metrics = run(
             config, run_dir, swept=_swept(config, overrides), console=make_console(), title=title
         )
+    except KeyboardInterrupt:
+        _record_end(run_dir, log_name, "interrupted", "stopped by Ctrl-C or SIGTERM")
+        print(f"trainlab: interrupted; {run_dir} is marked interrupted", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None  # a sweep stops here too
     except UserError as error:
-        _fail(run_dir, str(error))
+        _record_end(run_dir, log_name, "failed", str(error))
         print(f"trainlab: error: {error}", file=sys.stderr)
         if multirun:
             return None
         raise SystemExit(EXIT_USER_ERROR) from None
     except Exception as error:
         # A bug, not a user mistake: keep the traceback, but let the rest of a sweep go on.
-        _fail(run_dir, f"{type(error).__name__}: {error}")
+        _record_end(run_dir, log_name, "failed", f"{type(error).__name__}: {error}")
         if not multirun:
             raise
         log.error("run failed:\n%s", traceback.format_exc())
@@ -91,6 +104,7 @@ def _main(config: DictConfig) -> float | None:
 
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _interrupt)
     _main()
 
 

@@ -96,12 +96,13 @@ class ConsoleLogger:
             status += f"  val {scalars['val_loss']:.4g}"
         self.progress.update(self.task, completed=scalars["step"], status=status)
 
-    def on_fit_end(self, result: FitResult) -> None:
-        self.progress.stop()
+    def on_fit_end(self, result: FitResult | None) -> None:
+        self.progress.stop()  # idempotent
 
     def summary(self, metrics: Mapping[str, Any], run_dir: Path) -> None:
         """Print the run's outcome and final numbers."""
-        table = Table(title=f"{self.title}: {metrics['status']}", show_header=True)
+        self.console.print(f"[bold]{self.title}[/bold]: {metrics['status']}", soft_wrap=True)
+        table = Table(show_header=True)
         table.add_column("split")
         names = [name for name in metrics.get("metric_names", [])]
         for name in names:

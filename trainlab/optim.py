@@ -6,6 +6,7 @@ Each schedule says whether it is stepped after every optimizer step or after eve
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from torch.optim import lr_scheduler
 
 from trainlab.errors import ConfigError
 from trainlab.settings import check_settings, fraction, non_negative, positive, require
+
+log = logging.getLogger("trainlab")
 
 # Each optimizer option is a torch class; its YAML holds the class's keyword arguments plus
 # ``full_batch`` (trainlab's own: one step per epoch on the whole training set).
@@ -87,6 +90,11 @@ def read_optimizer(config: Mapping[str, Any]) -> OptimizerChoice:
     settings = check_settings("optimizer", settings, OPTIMIZERS[name], supplied=_INTERNAL_KNOBS)
     positive("optimizer.lr", settings.get("lr", 1.0))
     _LATE_CHECKS.get(OPTIMIZERS[name], lambda settings: None)(settings)
+    if OPTIMIZERS[name] is torch.optim.LBFGS and not full_batch:
+        log.warning(
+            "L-BFGS on mini-batches is noisy and often unstable: its curvature estimates and "
+            "line search assume one fixed objective (optimizer.full_batch=true avoids this)"
+        )
     choice = OptimizerChoice(name, full_batch, settings)
     choice.build([torch.zeros(1, requires_grad=True)])  # torch validates the rest now, not later
     return choice

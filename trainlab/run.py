@@ -47,6 +47,7 @@ class RunSettings:
     log_every_steps: int
     eval_every_epochs: int
     eval_batch_size: int
+    cpu_threads: int | None
     restore_best: bool
     early_stopping: dict
 
@@ -66,6 +67,10 @@ def read_run_settings(config: Mapping[str, Any]) -> RunSettings:
     for key in ("epochs", "batch_size", "log_every_steps", "eval_every_epochs", "eval_batch_size"):
         value = getattr(settings, key)
         require(value >= 1, f"{key} must be >= 1, got {value} (e.g. {key}=10)")
+    require(
+        settings.cpu_threads is None or settings.cpu_threads >= 1,
+        f"cpu_threads must be >= 1 or null, got {settings.cpu_threads}",
+    )
     early = check_settings("early_stopping", settings.early_stopping, _early_stopping)
     _early_stopping(**early)
     return settings
@@ -163,6 +168,8 @@ def run(
     spec = describe_dataset(config.dataset)
     loss_fn = build_loss(config.loss, spec)
     optimizer_choice = read_optimizer(config.optimizer)
+    if settings.cpu_threads is not None:
+        torch.set_num_threads(settings.cpu_threads)
     torch.manual_seed(settings.seed)
     model = build_model(config.model, spec).to(device)
     batch_size = (
@@ -271,8 +278,9 @@ def run(
             flat["best_val_loss"] = result.best_val["loss"]
         flat["epochs_run"] = result.epochs_run
         tensorboard.write_final(flat)
-    finally:
+    finally:  # also when training raised: flush the events and release the live display
         tensorboard.close()
+        console_logger.on_fit_end(None)
     write_json(metrics_path, metrics)
     log.info(
         "%s%s -> %s", result.status, f": {result.message}" if result.message else "", metrics_path

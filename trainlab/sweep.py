@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,14 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from trainlab.loggers import make_console
+
+
+def _natural_key(path: Path) -> list:
+    """Sort ``batch_size=8`` before ``batch_size=32``: numbers compare as numbers."""
+    parts = re.split(r"(\d+(?:\.\d+)?(?:e-?\d+)?)", str(path))
+    return [
+        (0, float(part), "") if index % 2 else (1, 0.0, part) for index, part in enumerate(parts)
+    ]
 
 
 def read_runs(
@@ -22,7 +31,7 @@ def read_runs(
         member_dirs = [path.parent for path in sweep_dir.rglob("metrics.json")]
     sweep_dir = sweep_dir.resolve()
     runs = []
-    for run_dir in sorted(path.resolve() for path in member_dirs):
+    for run_dir in sorted((path.resolve() for path in member_dirs), key=_natural_key):
         try:
             metrics = json.loads((run_dir / "metrics.json").read_text())
         except (OSError, json.JSONDecodeError) as error:

@@ -55,7 +55,10 @@ def describe(
     fraction("dataset.outliers", outliers)
     non_negative("dataset.outlier_scale", outlier_scale)
     require(list_size >= 2, f"dataset.list_size must be >= 2, got {list_size}")
-    require(ndcg_k >= 1, f"dataset.ndcg_k must be >= 1, got {ndcg_k}")
+    require(
+        1 <= ndcg_k <= list_size,
+        f"dataset.ndcg_k must be in [1, dataset.list_size={list_size}], got {ndcg_k}",
+    )
     sizes = {"train_size": train_size, "val_size": val_size, "test_size": test_size}
     if task == "classification":
         return DatasetSpec("synthetic", task, (features,), classes, **sizes, num_classes=classes)
@@ -68,7 +71,7 @@ def describe(
         1,
         **sizes,
         list_size=list_size,
-        ndcg_k=min(ndcg_k, list_size),
+        ndcg_k=ndcg_k,
     )
 
 
