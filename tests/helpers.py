@@ -25,12 +25,14 @@ def compose_config(*overrides: str) -> DictConfig:
 ENV = {**os.environ, "HYDRA_FULL_ERROR": "0", "COLUMNS": "200"}
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m trainlab ARGS`` (the console script's code) and capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "trainlab", *args],
         cwd=cwd,
-        env=ENV,
+        env={**ENV, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -55,6 +55,7 @@ def test_single_run_writes_metrics_and_tensorboard(tmp_path):
         "loss=huber",
         "optimizer=adam",
         "regularizer=l2",
+        "log_every_steps=10",
         *TINY,
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
@@ -186,6 +187,11 @@ BAD_INPUTS = [
     (["dataset.task=ranking"], "loss=cross_entropy does not fit the ranking task"),
     (["early_stopping.patience=0"], "early_stopping.patience must be >= 1"),
     (["device=tpu"], "device must be auto, cpu, cuda"),
+    (
+        ["dataset=mnist", "dataset.root=/nonexistent/trainlab-data", "dataset.download=false"],
+        "dataset=mnist: files missing in /nonexistent/trainlab-data/MNIST/raw",
+    ),
+    (["model=cnn"], "model=cnn needs image data"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["device=cuda"], "device=cuda but torch sees no CUDA GPU"))

@@ -8,6 +8,7 @@ numbers stay on the device until a logging interval or the end of an epoch reads
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -40,6 +41,7 @@ class FitResult:
     best_val: dict[str, float] | None  # validation metrics at the best epoch
     last_val: dict[str, float] | None  # at the last evaluation
     history: dict[str, list[float | None]] = field(default_factory=dict)
+    epoch_seconds: list[float] = field(default_factory=list)  # training time of each epoch
 
 
 class Callback(Protocol):
@@ -89,6 +91,9 @@ def fit(
     parameters = [p for p in model.parameters() if p.requires_grad]
     device = parameters[0].device
     rows: list[dict[str, float]] = []  # one per epoch; becomes the history at the end
+    epoch_seconds: list[
+        float
+    ] = []  # training time per epoch (kept out of the deterministic history)
     last_val: dict[str, float] | None = None
     best_val: dict[str, float] | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -108,6 +113,7 @@ def fit(
         model.train()
         loss_sums[0] = penalty_sums[0] = 0
         epoch_steps = 0
+        epoch_start = time.perf_counter()
         for inputs, targets in batches:
             reported: list[torch.Tensor] = []
 
@@ -149,8 +155,15 @@ def fit(
         train_loss, train_penalty = (
             torch.stack([loss_sums[0], penalty_sums[0]]) / epoch_steps
         ).tolist()
+        train_time = time.perf_counter() - epoch_start  # .tolist() above waited for the device
         lr = optimizer.param_groups[0]["lr"]
-        scalars = {"train_loss": train_loss, "train_penalty": train_penalty, "lr": lr, "step": step}
+        scalars = {
+            "train_loss": train_loss,
+            "train_penalty": train_penalty,
+            "lr": lr,
+            "step": step,
+        }
+        epoch_seconds.append(train_time)
         if status == "completed" and not math.isfinite(train_loss + train_penalty):
             status, message = "diverged", _diverged("training loss", train_loss, epoch, step, lr)
 
@@ -187,6 +200,8 @@ def fit(
         model.load_state_dict(best_state)
     names = list(dict.fromkeys(name for row in rows for name in row))
     history = {name: [row.get(name) for row in rows] for name in names}  # None: not evaluated
-    result = FitResult(status, message, epoch, step, best_epoch, best_val, last_val, history)
+    result = FitResult(
+        status, message, epoch, step, best_epoch, best_val, last_val, history, epoch_seconds
+    )
     _emit(callbacks, "on_fit_end", result)
     return result

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from trainlab.data.base import DatasetSpec, Split
+from trainlab.data.base import DatasetSpec, Prepare, Split
 from trainlab.losses import LossFn
 
 # The metric each task is judged by, and whether larger is better.
@@ -49,7 +49,12 @@ def metric_names(spec: DatasetSpec) -> list[str]:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, loss_fn: LossFn, split: Split, spec: DatasetSpec, batch_size: int
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    split: Split,
+    spec: DatasetSpec,
+    batch_size: int,
+    prepare: Prepare | None = None,
 ) -> dict[str, float]:
     """Mean loss and task metrics of ``model`` over ``split``, one host sync at the end."""
     was_training = model.training
@@ -57,6 +62,8 @@ def evaluate(
     sums: dict[str, torch.Tensor] = {}
     for start in range(0, len(split), batch_size):
         inputs = split.inputs[start : start + batch_size]
+        if prepare is not None:
+            inputs = prepare(inputs, None)  # no augmentation
         targets = split.targets[start : start + batch_size]
         outputs = model(inputs)
         batch = {"loss": loss_fn(outputs, targets).float() * inputs.shape[0]}

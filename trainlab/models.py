@@ -66,7 +66,137 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": mlp}
+def _needs_images(spec: DatasetSpec, model: str) -> None:
+    require(
+        len(spec.input_shape) == 3,
+        f"model={model} needs image data (dataset=mnist, fashion_mnist or cifar10), "
+        f"not dataset={spec.name}; use model=mlp or model=linear there",
+    )
+
+
+def cnn(
+    spec: DatasetSpec, channels: list[int], dense: int, dropout: float, batch_norm: bool
+) -> nn.Module:
+    """The tutorials' convnet: per stage a 3x3 conv (+ batch norm), ReLU and 2x2 max pooling,
+    then a dense layer; 28x28x1 and 32x32x3 inputs both fit."""
+    _needs_images(spec, "cnn")
+    require(
+        all(c >= 1 for c in channels) and channels,
+        f"model.channels must be positive integers, got {list(channels)}",
+    )
+    require(dense >= 1, f"model.dense must be >= 1, got {dense}")
+    fraction("model.dropout", dropout, open_right=True)
+    in_channels, height, width = spec.input_shape
+    require(
+        min(height, width) >> len(channels) >= 1,
+        f"model.channels has {len(channels)} pooling stages, too many for {height}x{width} images",
+    )
+    layers: list[nn.Module] = []
+    for out_channels in channels:
+        layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        in_channels, height, width = out_channels, height // 2, width // 2
+    layers += [nn.Flatten(), nn.Linear(in_channels * height * width, dense), nn.ReLU(inplace=True)]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(dense, spec.output_size))
+    return nn.Sequential(*layers)
+
+
+def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(channels, channels), _conv_bn(channels, channels))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs + self.body(inputs)
+
+
+class _Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs * self.factor
+
+
+def resnet(spec: DatasetSpec, width: int, logit_scale: float) -> nn.Module:
+    """ResNet-9 (the DAWNBench CIFAR-10 net of Myrtle.ai): channels width-2w-4w-8w, residual
+    blocks after the first and last pooling, global max pooling, scaled logits. Trains to good
+    CIFAR-10 accuracy in few epochs."""
+    _needs_images(spec, "resnet")
+    require(width >= 1, f"model.width must be >= 1, got {width}")
+    in_channels = spec.input_shape[0]
+    return nn.Sequential(
+        _conv_bn(in_channels, width),
+        _conv_bn(width, 2 * width),
+        nn.MaxPool2d(2),
+        _Residual(2 * width),
+        _conv_bn(2 * width, 4 * width),
+        nn.MaxPool2d(2),
+        _conv_bn(4 * width, 8 * width),
+        nn.MaxPool2d(2),
+        _Residual(8 * width),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8 * width, spec.output_size, bias=False),
+        _Scale(logit_scale),
+    )
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "linear": linear,
+    "mlp": mlp,
+    "cnn": cnn,
+    "resnet": resnet,
+}
+
+
+class Autocast(nn.Module):
+    """Runs the wrapped model under autocast (bf16) and hands float32 outputs to the loss."""
+
+    def __init__(self, module: nn.Module, device_type: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module = module
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.module(inputs).float()
+
+
+def uses_convolutions(model: nn.Module) -> bool:
+    return any(isinstance(module, nn.Conv2d) for module in model.modules())
+
+
+def for_device(
+    model: nn.Module,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    compile_model: bool,
+) -> nn.Module:
+    """Move ``model`` to ``device`` in the requested memory format, precision and compilation."""
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if precision == "bf16":
+        model = Autocast(model, device.type, torch.bfloat16)
+    if compile_model:
+        model = torch.compile(model)
+    return model
 
 
 def build_model(config: Mapping[str, Any], spec: DatasetSpec) -> nn.Module:

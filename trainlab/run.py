@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from omegaconf import DictConfig
@@ -27,9 +27,15 @@ from trainlab.errors import ConfigError
 from trainlab.loggers import ConsoleLogger, TensorBoardLogger, make_console
 from trainlab.losses import build_loss
 from trainlab.metrics import PRIMARY_METRIC, evaluate, metric_names
-from trainlab.models import build_model
-from trainlab.optim import TrainingPlan, build_schedule, read_optimizer
-from trainlab.regularizers import build_regularizer
+from trainlab.models import build_model, for_device, uses_convolutions
+from trainlab.optim import (
+    LRSchedule,
+    OptimizerChoice,
+    TrainingPlan,
+    build_schedule,
+    read_optimizer,
+)
+from trainlab.regularizers import Penalty, build_regularizer
 from trainlab.settings import check_settings, non_negative, require, to_plain
 
 log = logging.getLogger("trainlab")
@@ -48,6 +54,9 @@ class RunSettings:
     eval_every_epochs: int
     eval_batch_size: int
     cpu_threads: int | None
+    precision: Literal["fp32", "bf16"]
+    channels_last: bool | Literal["auto"]
+    compile: bool
     restore_best: bool
     early_stopping: dict
 
@@ -149,6 +158,55 @@ def _hparams(
     }  # TensorBoard takes only these types (None becomes "None")
 
 
+def _channels_last(choice: bool | str, device: torch.device, model: torch.nn.Module) -> bool:
+    """``auto``: channels_last for convolutional models on CUDA, where it speeds them up."""
+    if choice == "auto":
+        return device.type == "cuda" and uses_convolutions(model)
+    return bool(choice)
+
+
+def _plan_training(
+    config: DictConfig,
+    settings: RunSettings,
+    spec: DatasetSpec,
+    optimizer_choice: OptimizerChoice,
+    model: torch.nn.Module,
+) -> tuple[int, torch.optim.Optimizer, LRSchedule, Penalty | None]:
+    """Batch size, optimizer, lr schedule and penalty for ``spec``'s training-set size."""
+    full_batch = optimizer_choice.full_batch or settings.batch_size >= spec.train_size
+    batch_size = spec.train_size if full_batch else settings.batch_size
+    steps_per_epoch = math.ceil(spec.train_size / batch_size)
+    optimizer = optimizer_choice.build(model.parameters())
+    plan = TrainingPlan(settings.epochs, steps_per_epoch)
+    schedule = build_schedule(config.schedule, optimizer, plan)
+    penalty = build_regularizer(config.regularizer, model)
+    return batch_size, optimizer, schedule, penalty
+
+
+def _log_plan(config, settings, spec, optimizer_choice, batch_size, device) -> None:
+    log.info(
+        "dataset=%s (%s; %d train / %d val / %d test) model=%s loss=%s optimizer=%s lr=%g "
+        "schedule=%s regularizer=%s | batch %d, %d steps/epoch, %d epochs, device %s, %s",
+        spec.name, spec.task, spec.train_size, spec.val_size, spec.test_size,
+        config.model.name, config.loss.name, optimizer_choice.name,
+        config.optimizer.get("lr", float("nan")), config.schedule.name, config.regularizer.name,
+        batch_size, math.ceil(spec.train_size / batch_size), settings.epochs, device,
+        settings.precision,
+    )  # fmt: skip
+    if optimizer_choice.full_batch and settings.batch_size != spec.train_size:
+        log.info(
+            "optimizer=%s is full batch: batch_size=%d is not used",
+            optimizer_choice.name,
+            settings.batch_size,
+        )
+    elif settings.batch_size > spec.train_size:
+        log.info(
+            "batch_size=%d exceeds the %d training examples: full batch",
+            settings.batch_size,
+            spec.train_size,
+        )
+
+
 def run(
     config: DictConfig,
     run_dir: Path,
@@ -171,44 +229,26 @@ def run(
     if settings.cpu_threads is not None:
         torch.set_num_threads(settings.cpu_threads)
     torch.manual_seed(settings.seed)
-    model = build_model(config.model, spec).to(device)
-    batch_size = (
-        spec.train_size
-        if optimizer_choice.full_batch
-        else min(settings.batch_size, spec.train_size)
-    )
-    steps_per_epoch = math.ceil(spec.train_size / batch_size)
-    optimizer = optimizer_choice.build(model.parameters())
-    schedule = build_schedule(
-        config.schedule, optimizer, TrainingPlan(settings.epochs, steps_per_epoch)
-    )
-    penalty = build_regularizer(config.regularizer, model)
-    log.info(
-        "dataset=%s (%s; %d train / %d val / %d test) model=%s loss=%s optimizer=%s lr=%g "
-        "schedule=%s regularizer=%s | batch %d, %d steps/epoch, %d epochs, device %s",
-        spec.name, spec.task, spec.train_size, spec.val_size, spec.test_size,
-        config.model.name, config.loss.name, optimizer_choice.name,
-        config.optimizer.get("lr", float("nan")), config.schedule.name, config.regularizer.name,
-        batch_size, steps_per_epoch, settings.epochs, device,
-    )  # fmt: skip
-    if optimizer_choice.full_batch and settings.batch_size != spec.train_size:
-        log.info(
-            "optimizer=%s is full batch: batch_size=%d is not used",
-            optimizer_choice.name,
-            settings.batch_size,
-        )
-    elif settings.batch_size > spec.train_size:
-        log.info(
-            "batch_size=%d exceeds the %d training examples: full batch",
-            settings.batch_size,
-            spec.train_size,
-        )
+    network = build_model(config.model, spec)
+    channels_last = _channels_last(settings.channels_last, device, network)
+    model = for_device(network, device, settings.precision, channels_last, settings.compile)
+    training = _plan_training(config, settings, spec, optimizer_choice, model)  # checks them all
 
     metrics_path = run_dir / "metrics.json"
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(metrics_path, {"status": "running", "started_at": started})
-    data = load_dataset(config.dataset).to(device)
-    loader = InMemoryLoader(data.train, batch_size, shuffle=True, seed=settings.seed)
+    data = load_dataset(config.dataset)
+    if data.spec != spec:  # sizes known only now (a smaller copy of the files, say)
+        spec = data.spec
+        training = _plan_training(config, settings, spec, optimizer_choice, model)
+    if channels_last and hasattr(data.prepare, "channels_last"):
+        data.prepare.channels_last = True
+    data = data.to(device)
+    batch_size, optimizer, schedule, penalty = training
+    _log_plan(config, settings, spec, optimizer_choice, batch_size, device)
+    loader = InMemoryLoader(
+        data.train, batch_size, shuffle=True, seed=settings.seed, prepare=data.prepare
+    )
     names = metric_names(spec)
     primary, _ = PRIMARY_METRIC[spec.task]
     hparams = _hparams(config, spec, batch_size, to_plain(swept or {}))
@@ -225,7 +265,7 @@ def run(
     )
 
     def evaluate_split(split):
-        return evaluate(model, loss_fn, split, spec, settings.eval_batch_size)
+        return evaluate(model, loss_fn, split, spec, settings.eval_batch_size, data.prepare)
 
     try:
         result = fit(
@@ -267,6 +307,7 @@ def run(
                 "val": result.last_val,
             },
             "history": history,
+            "epoch_seconds": result.epoch_seconds,
             "hparams": hparams,
             "started_at": started,
             "finished_at": _now(),

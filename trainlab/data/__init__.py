@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from trainlab.data import synthetic
+from trainlab.data import synthetic, vision
 from trainlab.data.base import TASKS, Dataset, DatasetSpec, Split, Task
 from trainlab.data.loader import InMemoryLoader
 from trainlab.errors import ConfigError
@@ -29,10 +29,18 @@ __all__ = [
 class DataSource:
     describe: Callable[..., DatasetSpec]  # validates settings, no I/O
     load: Callable[..., Dataset]
+    bound: dict[str, Any] = field(default_factory=dict)  # arguments fixed by the option
+
+
+def _image_source(name: str) -> DataSource:
+    return DataSource(vision.describe, vision.load, {"source": name})
 
 
 DATASETS: dict[str, DataSource] = {
     "synthetic": DataSource(synthetic.describe, synthetic.load),
+    "mnist": _image_source("mnist"),
+    "fashion_mnist": _image_source("fashion_mnist"),
+    "cifar10": _image_source("cifar10"),
 }
 
 
@@ -42,7 +50,8 @@ def _source_and_settings(config: Mapping[str, Any]) -> tuple[DataSource, dict[st
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     settings = {key: value for key, value in config.items() if key != "name"}
     source = DATASETS[name]
-    return source, check_settings("dataset", settings, source.describe)
+    settings = check_settings("dataset", settings, source.describe, supplied=tuple(source.bound))
+    return source, {**source.bound, **settings}
 
 
 def describe_dataset(config: Mapping[str, Any]) -> DatasetSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,12 +46,29 @@ class Split:
         return Split(self.inputs.to(device), self.targets.to(device))
 
 
+# Per batch on the device: augments when given a generator (training), else passes inputs on.
+Prepare = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
+
+
 @dataclass
 class Dataset:
+    """The three splits, plus ``prepare`` for image data: its ``normalize`` turns a stored uint8
+    split into float inputs once, on the device (see :meth:`to`), and calling it augments a
+    training batch."""
+
     spec: DatasetSpec
     train: Split
     val: Split
     test: Split
+    prepare: Prepare | None = None
 
     def to(self, device: torch.device) -> Dataset:
-        return Dataset(self.spec, self.train.to(device), self.val.to(device), self.test.to(device))
+        """The dataset on ``device``, image splits normalized there in one batched pass."""
+        prepare = self.prepare.to(device) if hasattr(self.prepare, "to") else self.prepare
+        normalize = getattr(prepare, "normalize", None)
+
+        def move(split: Split) -> Split:
+            inputs = split.inputs.to(device)
+            return Split(normalize(inputs) if normalize else inputs, split.targets.to(device))
+
+        return Dataset(self.spec, move(self.train), move(self.val), move(self.test), prepare)

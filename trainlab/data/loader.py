@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from trainlab.data.base import Split
+from trainlab.data.base import Prepare, Split
 
 
 class InMemoryLoader:
@@ -16,8 +16,17 @@ class InMemoryLoader:
     A batch size at least the split size means full batch: the whole split, unshuffled, once.
     """
 
-    def __init__(self, split: Split, batch_size: int, *, shuffle: bool, seed: int) -> None:
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        prepare: Prepare | None = None,
+    ) -> None:
         self.split = split
+        self.prepare = prepare
         self.batch_size = min(batch_size, len(split))
         self.shuffle = shuffle and self.batch_size < len(split)
         self.generator = torch.Generator(device=split.inputs.device)
@@ -28,13 +37,14 @@ class InMemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         inputs, targets = self.split.inputs, self.split.targets
-        if not self.shuffle:
-            for start in range(0, len(self.split), self.batch_size):
-                yield (
-                    inputs[start : start + self.batch_size],
-                    targets[start : start + self.batch_size],
-                )
-            return
-        order = torch.randperm(len(self.split), generator=self.generator, device=inputs.device)
-        for indices in order.split(self.batch_size):
-            yield inputs[indices], targets[indices]
+        if self.shuffle:
+            order = torch.randperm(len(self.split), generator=self.generator, device=inputs.device)
+            batches = ((inputs[i], targets[i]) for i in order.split(self.batch_size))
+        else:
+            batches = zip(
+                inputs.split(self.batch_size), targets.split(self.batch_size), strict=True
+            )
+        for batch_inputs, batch_targets in batches:
+            if self.prepare is not None:  # training batches: augmented with the loader's generator
+                batch_inputs = self.prepare(batch_inputs, self.generator)
+            yield batch_inputs, batch_targets
