@@ -143,12 +143,13 @@ def _download(source: ImageSource, root: Path) -> Path:
         try:
             source.reader(temporary, train=True, download=True)
         except Exception as error:
-            first_line = (
-                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            # torchvision reports one block per mirror: keep what failed and the last reason.
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = (
+                " ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else type(error).__name__
             )
             raise DataError(
-                f"dataset={source.name}: download failed ({first_line}); "
-                f"{_how_to_get(source, root)}"
+                f"dataset={source.name}: download failed ({reason}); {_how_to_get(source, root)}"
             ) from None
         destination = root / source.folder
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +217,13 @@ def read_images(name: str, root: str | Path, download: bool) -> dict[str, torch.
                 f"dataset={name}: files missing in {root / source.folder}; {_how_to_get(source, root)}"
             )
         log.info("downloading %s into %s", name, root)
-        found = _download(source, root)
+        try:
+            found = _download(source, root)
+        except OSError as error:
+            raise DataError(
+                f"dataset={name}: cannot write to {root} ({error.strerror}); point dataset.root "
+                "(or $TRAINLAB_DATA) at a writable folder"
+            ) from None
     log.info("decoding %s from %s (once; cached in %s)", name, found, cache)
     tensors = _decode(source, found)
     _write_cache(cache, tensors)
