@@ -69,6 +69,24 @@ def test_decoded_images_are_cached_and_reused(tmp_path, monkeypatch):
     assert torch.equal(first.train.inputs, second.train.inputs)
 
 
+def test_changed_files_are_decoded_again(tmp_path):
+    write_idx_dataset(tmp_path / "MNIST/raw", train=50, test=10, gzipped=False)
+    assert len(load_dataset(image_config("mnist", tmp_path, val_size=10)).train) == 40
+    write_idx_dataset(tmp_path / "MNIST/raw", train=80, test=10, gzipped=False)
+    assert len(load_dataset(image_config("mnist", tmp_path, val_size=10)).train) == 70
+
+
+def test_a_truncated_gz_file_is_one_clear_error(tmp_path):
+    folder = tmp_path / "MNIST/raw"
+    write_idx_dataset(folder, train=50, test=10, gzipped=True)
+    packed = (folder / "train-images-idx3-ubyte.gz").read_bytes()
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(DataError) as error:
+        load_dataset(image_config("mnist", tmp_path, val_size=10))
+    message = str(error.value)
+    assert "\n" not in message and "could not be read" in message and str(folder) in message
+
+
 def test_a_corrupt_cache_is_rebuilt(tmp_path):
     write_idx_dataset(tmp_path / "MNIST/raw", train=50, test=10, gzipped=False)
     cache = tmp_path / "trainlab-cache" / f"mnist-uint8-v{image_files.CACHE_FORMAT}.pt"
@@ -76,7 +94,11 @@ def test_a_corrupt_cache_is_rebuilt(tmp_path):
     cache.write_bytes(b"not a torch file")
     data = load_dataset(image_config("mnist", tmp_path, val_size=10))
     assert len(data.train) == 40
-    assert torch.load(cache, weights_only=True)["train_images"].shape == (50, 1, 28, 28)
+    rebuilt = torch.load(cache, weights_only=True)
+    assert (
+        rebuilt["train_images"].shape == (50, 1, 28, 28)
+        and "train-images" in rebuilt["fingerprint"]
+    )
 
 
 def test_split_depends_on_split_seed_only(tmp_path):

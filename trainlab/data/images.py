@@ -9,6 +9,7 @@ folder and moved into place only when complete, so a failed download leaves noth
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import pickle
@@ -24,7 +25,8 @@ import torchvision
 from trainlab.errors import UserError
 
 log = logging.getLogger("trainlab")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+SPLIT_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -117,8 +119,8 @@ def _as_tensors(reader_output: Any, source: ImageSource) -> tuple[torch.Tensor, 
 def _decode(source: ImageSource, found: Path) -> dict[str, torch.Tensor]:
     """Read both splits with the torchvision class (files staged in a temporary folder)."""
     with tempfile.TemporaryDirectory(prefix="trainlab-stage-") as staging:
-        _stage(source, found, Path(staging))
         try:
+            _stage(source, found, Path(staging))  # a truncated .gz fails here
             train = source.reader(staging, train=True, download=False)
             test = source.reader(staging, train=False, download=False)
         except Exception as error:  # torchvision raises plain RuntimeError/ValueError/pickle errors
@@ -178,7 +180,7 @@ def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
         return None
     try:
         tensors = torch.load(path, weights_only=True)
-        if set(tensors) == {"train_images", "train_labels", "test_images", "test_labels"}:
+        if set(tensors) == {*SPLIT_KEYS, "fingerprint"}:
             return tensors
     except Exception:  # a truncated or foreign file: decode again
         pass
@@ -202,15 +204,31 @@ def _write_cache(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         )
 
 
+def _fingerprint(source: ImageSource, found: Path) -> str:
+    """Which files a cache was decoded from: folder, names, sizes and modification times."""
+    entries = []
+    for name in source.files:
+        path = found / name if (found / name).is_file() else found / f"{name}.gz"
+        status = path.stat()
+        entries.append([path.name, status.st_size, status.st_mtime_ns])
+    return json.dumps({"folder": str(found.resolve()), "files": entries})
+
+
 def read_images(name: str, root: str | Path, download: bool) -> dict[str, torch.Tensor]:
-    """Train and test images (uint8, N x C x H x W) and labels of dataset ``name``."""
+    """Train and test images (uint8, N x C x H x W) and labels of dataset ``name``.
+
+    The cache is used when it was decoded from the files found now (or when no files are left);
+    changed or replaced files are decoded again.
+    """
     source = SOURCES[name]
     root = Path(root).expanduser()
     cache = _cache_path(source, root)
-    tensors = _read_cache(cache)
-    if tensors is not None:
-        return tensors
     found = _find_files(source, root)
+    tensors = _read_cache(cache)
+    if tensors is not None and (
+        found is None or tensors["fingerprint"] == _fingerprint(source, found)
+    ):
+        return tensors
     if found is None:
         if not download:
             raise DataError(
@@ -225,6 +243,6 @@ def read_images(name: str, root: str | Path, download: bool) -> dict[str, torch.
                 "(or $TRAINLAB_DATA) at a writable folder"
             ) from None
     log.info("decoding %s from %s (once; cached in %s)", name, found, cache)
-    tensors = _decode(source, found)
+    tensors = {**_decode(source, found), "fingerprint": _fingerprint(source, found)}
     _write_cache(cache, tensors)
     return tensors
