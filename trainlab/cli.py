@@ -49,6 +49,8 @@ def _swept(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
         if key.startswith("hydra.") or "=" not in override:
             continue
         value = OmegaConf.select(config, key, default=None)
+        if value is None:  # not a config key (+experiment=NAME selects a preset)
+            continue
         if isinstance(value, DictConfig):
             value = value.get("name")
         elif isinstance(value, ListConfig):
@@ -98,8 +100,9 @@ def _main(config: DictConfig) -> float | None:
             raise
         log.error("run failed:\n%s", traceback.format_exc())
         return None
-    test = metrics.get("test") or {}
-    return test.get(metrics["primary_metric"])
+    # What a search sweeper (Optuna) optimizes: the validation value, never the test one.
+    val = metrics.get("val") or {}
+    return val.get(metrics["primary_metric"])
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _hparams(
@@ -311,6 +312,8 @@ def run(
             "hparams": hparams,
             "started_at": started,
             "finished_at": _now(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
             "wall_time_s": time.perf_counter() - clock,
         }
         flat = {f"test_{k}": v for k, v in (test or {}).items()}

@@ -1,0 +1,237 @@
+"""trainlab-report on a real sweep (with diverging members), its seed aggregation, and the
+Hydra launcher and sweeper plugins: joblib, Optuna, submitit."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import ENV, TINY, run_cli
+from trainlab.report import Group, Run, find_runs, mean_and_std, rank, report, swept_keys
+
+needs_plugin = {
+    name: pytest.mark.skipif(
+        importlib.util.find_spec(module) is None,
+        reason=f"{name} not installed (pip install -e '.[sweep]')",
+    )
+    for name, module in (
+        ("joblib", "hydra_plugins.hydra_joblib_launcher"),
+        ("optuna", "hydra_plugins.hydra_optuna_sweeper"),
+        ("submitit", "hydra_plugins.hydra_submitit_launcher"),
+    )
+}
+
+
+def test_mean_and_sample_std():
+    assert mean_and_std([]) == (None, None)
+    assert mean_and_std([0.5]) == (0.5, 0.0)
+    mean, std = mean_and_std([0.7, 0.8, 0.9])
+    assert mean == pytest.approx(0.8) and std == pytest.approx(0.1)  # sample std, n - 1
+
+
+def _run(name: str, status: str, accuracy: float | None, **overrides) -> Run:
+    metrics = {"status": status, "primary_metric": "accuracy", "metric_names": ["loss", "accuracy"]}
+    if accuracy is not None:
+        metrics["val"] = {"loss": 1 - accuracy, "accuracy": accuracy}
+    return Run(name, Path(name), metrics, {k: str(v) for k, v in overrides.items()})
+
+
+def test_seeds_are_aggregated_and_groups_ranked_with_failures_last():
+    runs = [
+        _run("a0", "completed", 0.70, lr=0.1, seed=0),
+        _run("a1", "completed", 0.80, lr=0.1, seed=1),
+        _run("b0", "completed", 0.90, lr=0.01, seed=0),
+        _run("b1", "diverged", None, lr=0.01, seed=1),
+        _run("c0", "failed", None, lr=1.0, seed=0),
+        _run("d0", "running", None, lr=0.001, seed=0),
+    ]
+    assert swept_keys(runs) == ["lr"]
+    groups = rank(
+        [
+            Group((lr,), [r for r in runs if r.overrides["lr"] == lr])
+            for lr in ("0.1", "0.01", "1.0", "0.001")
+        ],
+        "val_accuracy",
+    )
+    assert [g.params for g in groups][:2] == [("0.01",), ("0.1",)]
+    assert groups[0].mean_std("val_accuracy") == (0.9, 0.0)  # the diverged seed has no value
+    assert groups[0].status == "completed, diverged"
+    assert groups[1].mean_std("val_accuracy") == (
+        pytest.approx(0.75),
+        pytest.approx(0.0707107, rel=1e-5),
+    )
+    assert {g.params[0] for g in groups[2:]} == {"1.0", "0.001"}
+    ascending = rank(groups, "val_loss")  # losses: lower is better
+    assert ascending[0].params == ("0.01",)
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_report_on_a_real_sweep_with_diverging_members(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m", "optimizer=sgd", "loss=mse", "model.activation=relu,tanh", "optimizer.lr=0.05,1e6",
+        "seed=0,1", *TINY,
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report_run = subprocess.run(
+        [sys.executable, "-m", "trainlab.report", str(sweep)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert report_run.returncode == 0, report_run.stderr
+    assert "ranked by val_accuracy" in report_run.stdout and "diverged x2" in report_run.stdout
+
+    runs = find_runs(sweep)
+    rows = _csv_rows(sweep / "summary.csv")
+    assert len(runs) == 8 and len(rows) == 4
+    assert list(rows[0])[:4] == ["model.activation", "optimizer.lr", "runs", "status"]
+    for row in rows:
+        members = [
+            r for r in runs
+            if r.overrides["model.activation"] == row["model.activation"]
+            and r.overrides["optimizer.lr"] == row["optimizer.lr"]
+        ]  # fmt: skip
+        assert int(row["runs"]) == len(members) == 2
+        if float(row["optimizer.lr"]) > 1:  # Hydra writes 1e6 as 1000000.0
+            assert row["status"] == "diverged x2"
+            continue
+        assert row["status"] in (
+            "completed x2",
+            "early_stopped x2",
+            "completed, early_stopped",
+            "early_stopped, completed",
+        )
+        values = [m.metrics["val"]["accuracy"] for m in members]
+        assert float(row["val_accuracy_mean"]) == pytest.approx(statistics.fmean(values))
+        assert float(row["val_accuracy_std"]) == pytest.approx(statistics.stdev(values))
+    # Diverged configurations rank last; the best one is first.
+    means = [float(r["val_accuracy_mean"]) for r in rows if r["val_accuracy_mean"]]
+    assert means == sorted(means, reverse=True) and float(rows[-1]["optimizer.lr"]) > 1
+
+    markdown = (sweep / "summary.md").read_text()
+    assert "ranked by val_accuracy" in markdown and markdown.count("diverged x2") == 2
+    best = rows[0]
+    assert f"| 1 | {best['model.activation']} | {best['optimizer.lr']} | 2 |" in markdown
+    for image in ("val_curves.png", "heatmap.png"):  # two swept axes: activation x lr
+        assert (sweep / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    before = {name: (sweep / name).read_bytes() for name in ("summary.csv", "summary.md")}
+    report(sweep, plots=False)  # again: the same files, nothing picked up from the report itself
+    assert {name: (sweep / name).read_bytes() for name in before} == before
+    assert not (sweep / "val_curves.png").exists()
+
+
+def test_report_includes_running_and_failed_members(tmp_path):
+    for name, metrics in (
+        ("lr=0.1", {"status": "running", "started_at": "now"}),
+        ("lr=0.2", {"status": "failed", "error": "optimizer.lr must be > 0"}),
+    ):
+        run_dir = tmp_path / name
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([name]))
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    groups = report(tmp_path)
+    assert sorted(g.status for g in groups) == ["failed", "running"]
+    assert "optimizer.lr must be > 0" in (tmp_path / "summary.md").read_text()
+
+
+def test_report_refuses_a_folder_without_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "trainlab.report", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stderr.startswith("trainlab-report: error: no runs")
+
+
+@needs_plugin["joblib"]
+def test_joblib_launcher_runs_two_members_in_parallel(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", "cpu_threads=1",
+        *TINY[:3], "epochs=40", "early_stopping.enabled=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = [json.loads(p.read_text()) for p in sweep.rglob("metrics.json")]
+    assert [m["status"] for m in metrics] == ["completed", "completed"]
+    assert len({m["pid"] for m in metrics}) == 2  # two worker processes
+    starts = [datetime.fromisoformat(m["started_at"]) for m in metrics]
+    ends = [datetime.fromisoformat(m["finished_at"]) for m in metrics]
+    assert max(starts) < min(ends)  # their training overlapped in time
+    assert len(list(sweep.rglob("events.out.tfevents.*"))) == 2
+
+
+@needs_plugin["optuna"]
+def test_optuna_search_preset_runs_trials_and_maximizes_validation_accuracy(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m", "+experiment=optuna_search", "hydra.sweeper.n_trials=3", *TINY,
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    accuracies = [json.loads(p.read_text())["val"]["accuracy"] for p in sweep.rglob("metrics.json")]
+    assert len(accuracies) == 3
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(accuracies))
+    assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "loss"}
+
+
+@needs_plugin["submitit"]
+def test_slurm_launcher_config_composes(tmp_path):
+    result = run_cli(
+        "--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    assert (
+        launcher["_target_"]
+        == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    )
+    assert launcher["partition"] == "gpu" and launcher["gpus_per_node"] == 1
+    assert launcher["timeout_min"] == 60 and launcher["tasks_per_node"] == 1
+
+
+@needs_plugin["submitit"]
+def test_submitit_local_launcher_runs_a_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *TINY,
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = [json.loads(p.read_text()) for p in sweep.rglob("metrics.json")]
+    assert [m["status"] for m in metrics] == ["completed"]
+
+
+def test_every_preset_composes_with_its_sweep_axes():
+    from hydra import compose, initialize_config_dir
+
+    from trainlab.cli import CONFIG_DIR
+
+    presets = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+    assert {"loss_comparison", "regression_losses", "ranking_losses", "lr_sweep", "optimizer_comparison",
+            "schedule_comparison", "regularizer_comparison", "batch_size_study"} <= set(presets)  # fmt: skip
+    for preset in presets:
+        if (
+            preset == "optuna_search"
+            and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None
+        ):
+            continue
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            config = compose(
+                config_name="config", overrides=[f"+experiment={preset}"], return_hydra_config=True
+            )
+        assert config.hydra.sweeper.params, preset

@@ -1,0 +1,352 @@
+"""``trainlab-report PATH``: compare the runs of a sweep (or any folder of runs).
+
+Reads every run's metrics.json and Hydra overrides, groups repeated seeds into mean ± std,
+ranks the configurations by a metric, prints a table, and writes summary.csv, summary.md,
+val_curves.png and (for two swept axes) heatmap.png into PATH. Running it again rewrites the
+same files; runs still training or failed are listed with their status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.table import Table
+
+from trainlab.loggers import make_console
+
+LOWER_IS_BETTER = ("loss", "mse", "mae")
+REPORT_FILES = ("summary.csv", "summary.md", "val_curves.png", "heatmap.png")
+
+
+@dataclass
+class Run:
+    name: str  # folder below the report root
+    path: Path
+    metrics: dict[str, Any]
+    overrides: dict[str, str]
+
+    @property
+    def status(self) -> str:
+        return self.metrics.get("status", "unknown")
+
+    def value(self, metric: str) -> float | None:
+        """``val_accuracy``, ``test_loss``, ...: a number of the weights the run ended with."""
+        split, _, name = metric.partition("_")
+        value = (self.metrics.get(split) or {}).get(name)
+        return value if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+@dataclass
+class Group:
+    """Runs that differ only in their seed."""
+
+    params: tuple[str, ...]
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, metric: str) -> list[float]:
+        return [v for v in (run.value(metric) for run in self.runs) if v is not None]
+
+    def mean_std(self, metric: str) -> tuple[float | None, float | None]:
+        return mean_and_std(self.values(metric))
+
+    @property
+    def status(self) -> str:
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            counts[run.status] = counts.get(run.status, 0) + 1
+        return ", ".join(f"{s} x{n}" if n > 1 else s for s, n in counts.items())
+
+
+def mean_and_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1); the std of a single value is 0."""
+    if not values:
+        return None, None
+    if len(values) == 1:
+        return values[0], 0.0
+    return statistics.fmean(values), statistics.stdev(values)
+
+
+def _overrides(run_dir: Path) -> dict[str, str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    entries = yaml.safe_load(path.read_text()) or []
+    pairs = (str(entry).split("=", 1) for entry in entries if "=" in str(entry))
+    return {key.lstrip("+~"): value for key, value in pairs if not key.startswith("hydra.")}
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every folder below ``root`` holding a metrics.json (unreadable ones count as failed)."""
+    runs = []
+    for path in sorted(root.rglob("metrics.json")):
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            metrics = {"status": "failed", "error": f"unreadable metrics.json ({error})"}
+        name = str(path.parent.relative_to(root)) if path.parent != root else path.parent.name
+        runs.append(Run(name, path.parent, metrics, _overrides(path.parent)))
+    return runs
+
+
+def swept_keys(runs: list[Run]) -> list[str]:
+    """Override keys whose value differs between runs (seed excluded: it is aggregated)."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [key for key in run.overrides if key not in keys]
+    return [
+        key for key in keys if key != "seed" and len({run.overrides.get(key) for run in runs}) > 1
+    ]
+
+
+def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
+    groups: dict[tuple[str, ...], Group] = {}
+    for run in runs:
+        params = tuple(run.overrides.get(key, "-") for key in keys)
+        groups.setdefault(params, Group(params)).runs.append(run)
+    return list(groups.values())
+
+
+def default_metric(runs: list[Run]) -> str:
+    """The validation value of the task's primary metric (selection is done on validation)."""
+    for run in runs:
+        if run.metrics.get("primary_metric"):
+            return f"val_{run.metrics['primary_metric']}"
+    return "val_loss"
+
+
+def rank(groups: list[Group], metric: str) -> list[Group]:
+    """Best first; groups without the metric (failed, still running) last."""
+    larger_better = not metric.endswith(LOWER_IS_BETTER)
+
+    def key(group: Group) -> tuple[int, float]:
+        mean, _ = group.mean_std(metric)
+        if mean is None:
+            return (1, 0.0)
+        return (0, -mean if larger_better else mean)
+
+    return sorted(groups, key=key)
+
+
+def _format(mean: float | None, std: float | None, runs: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.4f} ± {std:.4f}" if runs > 1 else f"{mean:.4f}"
+
+
+def _columns(runs: list[Run], metric: str) -> list[str]:
+    names: list[str] = []
+    for run in runs:
+        for name in run.metrics.get("metric_names", []):
+            if name not in names:
+                names.append(name)
+    columns = [f"val_{name}" for name in names] + [f"test_{name}" for name in names]
+    if metric not in columns:
+        columns.insert(0, metric)
+    return columns
+
+
+def write_csv(path: Path, keys: list[str], groups: list[Group], columns: list[str]) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        header = [*keys, "runs", "status"]
+        for column in columns:
+            header += [f"{column}_mean", f"{column}_std"]
+        writer.writerow(header)
+        for group in groups:
+            row: list[Any] = [*group.params, len(group.runs), group.status]
+            for column in columns:
+                mean, std = group.mean_std(column)
+                row += ["" if mean is None else mean, "" if std is None else std]
+            writer.writerow(row)
+
+
+def write_markdown(
+    path: Path, keys: list[str], groups: list[Group], columns: list[str], metric: str
+) -> None:
+    header = ["rank", *keys, "runs", "status", *columns]
+    lines = [
+        f"# Sweep summary: ranked by {metric}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for position, group in enumerate(groups, 1):
+        cells = [str(position), *group.params, str(len(group.runs)), group.status]
+        cells += [_format(*group.mean_std(c), len(group.values(c))) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [run for group in groups for run in group.runs if run.metrics.get("error")]
+    if failed:
+        lines += ["", "## Errors", ""]
+        lines += [f"- `{run.name}`: {run.metrics['error']}" for run in failed]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _curve(run: Run, tag: str) -> tuple[list[int], list[float]]:
+    """A scalar series from the run's TensorBoard events, else from metrics.json's history."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run.path), size_guidance={"scalars": 0})
+        events.Reload()
+        if tag in events.Tags()["scalars"]:
+            points = events.Scalars(tag)
+            return [p.step for p in points], [p.value for p in points]
+    except Exception:  # no or unreadable event files
+        pass
+    history = run.metrics.get("history") or {}
+    name = tag.split("/", 1)[1]
+    pairs = [
+        (e, v)
+        for e, v in zip(history.get("epoch", []), history.get(name, []), strict=False)
+        if v is not None
+    ]
+    return [e for e, _ in pairs], [v for _, v in pairs]
+
+
+def _label(run: Run, keys: list[str]) -> str:
+    """A run's swept values (and seed), shorter than its folder name."""
+    parts = [f"{key}={run.overrides[key]}" for key in [*keys, "seed"] if key in run.overrides]
+    return ",".join(parts) or run.name
+
+
+def plot_curves(path: Path, runs: list[Run], metric_name: str, keys: list[str]) -> None:
+    """Validation loss and metric per epoch, every run overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for axis, tag in zip(axes, ("epoch/val_loss", f"epoch/val_{metric_name}"), strict=True):
+        for run in runs:
+            steps, values = _curve(run, tag)
+            if steps:
+                axis.plot(steps, values, label=_label(run, keys), linewidth=1.2)
+        axis.set_xlabel("epoch")
+        axis.set_title(tag.split("/", 1)[1])
+        axis.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+        figure.subplots_adjust(bottom=0.12 + 0.025 * math.ceil(len(labels) / 2))
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _sorted_values(values: set[str]) -> list[str]:
+    def key(value: str) -> tuple[int, float, str]:
+        try:
+            return (0, float(value), "")
+        except ValueError:
+            return (1, 0.0, value)
+
+    return sorted(values, key=key)
+
+
+def plot_heatmap(
+    path: Path, keys: list[str], groups: list[Group], metric: str
+) -> list[list[float | None]]:
+    """The metric's mean over the grid of the two swept axes; returns the grid it drew."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _sorted_values({g.params[0] for g in groups})
+    columns = _sorted_values({g.params[1] for g in groups})
+    by_params = {g.params: g.mean_std(metric)[0] for g in groups}
+    grid = [[by_params.get((r, c)) for c in columns] for r in rows]
+    figure, axis = plt.subplots(figsize=(1.6 * len(columns) + 3, 0.7 * len(rows) + 2.5))
+    image = axis.imshow(
+        [[math.nan if v is None else v for v in row] for row in grid], cmap="viridis", aspect="auto"
+    )
+    axis.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    axis.set_yticks(range(len(rows)), rows)
+    axis.set_xlabel(keys[1])
+    axis.set_ylabel(keys[0])
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            axis.text(
+                j,
+                i,
+                "-" if value is None else f"{value:.3f}",
+                ha="center",
+                va="center",
+                color="w",
+                fontsize=8,
+            )
+    figure.colorbar(image, ax=axis, label=metric)
+    axis.set_title(f"{metric} (mean over seeds)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return grid
+
+
+def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Group]:
+    """Write the report files for the runs below ``root``; return the ranked groups."""
+    runs = find_runs(root)
+    if not runs:
+        raise FileNotFoundError(f"no runs (metrics.json files) below {root}")
+    metric = metric or default_metric(runs)
+    keys = swept_keys(runs)
+    groups = rank(group_runs(runs, keys), metric)
+    columns = _columns(runs, metric)
+    write_csv(root / "summary.csv", keys, groups, columns)
+    write_markdown(root / "summary.md", keys, groups, columns, metric)
+    for stale in REPORT_FILES[2:]:
+        (root / stale).unlink(missing_ok=True)
+    if plots:
+        primary = next(
+            (r.metrics["primary_metric"] for r in runs if r.metrics.get("primary_metric")), "loss"
+        )
+        plot_curves(root / "val_curves.png", runs, primary, keys)
+        if len(keys) == 2:
+            plot_heatmap(root / "heatmap.png", keys, groups, metric)
+    table = Table(title=f"{len(runs)} runs in {root}, ranked by {metric}")
+    for header in ("#", *keys, "runs", "status", *columns):
+        table.add_column(header, overflow="fold")
+    for position, group in enumerate(groups, 1):
+        cells = [_format(*group.mean_std(c), len(group.values(c))) for c in columns]
+        table.add_row(str(position), *group.params, str(len(group.runs)), group.status, *cells)
+    console = make_console()
+    console.print(table)
+    written = [name for name in REPORT_FILES if (root / name).exists()]
+    console.print(f"wrote {', '.join(written)} in {root}", soft_wrap=True)
+    return groups
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: ``trainlab-report PATH [--metric NAME] [--no-plots]``."""
+    parser = argparse.ArgumentParser(
+        prog="trainlab-report", description="Compare the runs of a sweep or a folder of runs."
+    )
+    parser.add_argument("path", type=Path, help="a multirun folder or any folder of runs")
+    parser.add_argument(
+        "--metric",
+        help="rank by this, e.g. val_loss, val_accuracy, test_mse (default: validation value of the task's main metric)",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = parser.parse_args(argv)
+    if not args.path.is_dir():
+        print(f"trainlab-report: error: {args.path} is not a folder", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        report(args.path, args.metric, plots=not args.no_plots)
+    except FileNotFoundError as error:
+        print(f"trainlab-report: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
