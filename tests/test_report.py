@@ -162,7 +162,7 @@ def test_joblib_launcher_runs_two_members_in_parallel(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
         "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", "cpu_threads=1",
-        *TINY[:3], "epochs=40", "early_stopping.enabled=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+        "epochs=20", "early_stopping.enabled=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     metrics = [json.loads(p.read_text()) for p in sweep.rglob("metrics.json")]
@@ -170,7 +170,7 @@ def test_joblib_launcher_runs_two_members_in_parallel(tmp_path):
     assert len({m["pid"] for m in metrics}) == 2  # two worker processes
     starts = [datetime.fromisoformat(m["started_at"]) for m in metrics]
     ends = [datetime.fromisoformat(m["finished_at"]) for m in metrics]
-    assert max(starts) < min(ends)  # their training overlapped in time
+    assert max(starts) < min(ends)  # their training (about 2 s each) overlapped in time
     assert len(list(sweep.rglob("events.out.tfevents.*"))) == 2
 
 
