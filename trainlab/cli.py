@@ -81,7 +81,12 @@ def _main(config: DictConfig) -> float | None:
     log_name = f"{hydra_config.job.name}.log"
     try:
         metrics = run(
-            config, run_dir, swept=_swept(config, overrides), console=make_console(), title=title
+            config,
+            run_dir,
+            swept=_swept(config, overrides),
+            console=make_console(),
+            title=title,
+            command=list(sys.argv),
         )
     except KeyboardInterrupt:
         _record_end(run_dir, log_name, "interrupted", "stopped by Ctrl-C or SIGTERM")

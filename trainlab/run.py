@@ -11,6 +11,7 @@ import math
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from trainlab.optim import (
     build_schedule,
     read_optimizer,
 )
+from trainlab.provenance import finish as finish_provenance
+from trainlab.provenance import record as record_provenance
 from trainlab.regularizers import Penalty, build_regularizer
 from trainlab.settings import check_settings, non_negative, require, to_plain
 
@@ -215,6 +218,7 @@ def run(
     swept: Mapping[str, Any] | None = None,
     console: Console | None = None,
     title: str = "trainlab",
+    command: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run one experiment into ``run_dir``; return what metrics.json holds.
 
@@ -238,6 +242,7 @@ def run(
     metrics_path = run_dir / "metrics.json"
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(metrics_path, {"status": "running", "started_at": started})
+    provenance = record_provenance(run_dir, config, list(command or sys.argv), started)
     data = load_dataset(config.dataset)
     if data.spec != spec:  # sizes known only now (a smaller copy of the files, say)
         spec = data.spec
@@ -314,6 +319,7 @@ def run(
             "finished_at": _now(),
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "config_hash": provenance["config_hash"],
             "wall_time_s": time.perf_counter() - clock,
         }
         flat = {f"test_{k}": v for k, v in (test or {}).items()}
@@ -326,6 +332,7 @@ def run(
         tensorboard.close()
         console_logger.on_fit_end(None)
     write_json(metrics_path, metrics)
+    finish_provenance(run_dir, provenance, metrics["finished_at"])
     log.info(
         "%s%s -> %s", result.status, f": {result.message}" if result.message else "", metrics_path
     )

@@ -1,0 +1,124 @@
+"""What produced a run: command line, config hash, code version, library versions, hardware.
+
+Written to ``provenance.json`` in every run folder (with ``git_diff.patch`` when trainlab runs
+from a checkout with uncommitted changes), so any number can be traced to exactly what made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import trainlab
+
+# Keys that say where things are, not what the experiment is: left out of the config hash.
+RUNTIME_ONLY = ("dataset.root", "dataset.download")
+PACKAGES = ("trainlab", "torch", "torchvision", "hydra-core", "omegaconf", "tensorboard")
+
+
+def config_hash(config: DictConfig) -> str:
+    """SHA-256 (first 16 hex digits) of the resolved experiment config, runtime-only keys out."""
+    plain = OmegaConf.to_container(config, resolve=True)
+    plain.pop("hydra", None)
+    for dotted in RUNTIME_ONLY:
+        group, _, key = dotted.partition(".")
+        if isinstance(plain.get(group), dict):
+            plain[group].pop(key, None)
+    text = json.dumps(plain, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _git(*args: str, cwd: Path) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout
+
+
+def code_version(source: Path) -> dict[str, Any]:
+    """trainlab's git commit and whether the checkout has uncommitted changes (with the diff)."""
+    commit = _git("rev-parse", "HEAD", cwd=source)
+    if commit is None:
+        return {"commit": None, "dirty": None, "diff": ""}
+    diff = _git("diff", "HEAD", "--", ".", cwd=source) or ""
+    return {"commit": commit.strip(), "dirty": bool(diff), "diff": diff}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpus": [],
+    }
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            properties = torch.cuda.get_device_properties(index)
+            info["gpus"].append(
+                {"name": properties.name, "memory_gib": round(properties.total_memory / 2**30, 1)}
+            )
+    return info
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for package in PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def record(
+    run_dir: Path, config: DictConfig, command: list[str], started_at: str
+) -> dict[str, Any]:
+    """Write provenance.json (and git_diff.patch for a dirty checkout); return what was written."""
+    source = Path(trainlab.__file__).resolve().parent.parent
+    code = code_version(source)
+    diff = code.pop("diff")
+    if diff:
+        (run_dir / "git_diff.patch").write_text(diff)
+    provenance = {
+        "command": command,
+        "config_hash": config_hash(config),
+        "code": {"version": trainlab.__version__, "source": str(source), **code},
+        "versions": versions(),
+        "hardware": hardware(),
+        "host": socket.gethostname(),
+        "started_at": started_at,
+        "finished_at": None,
+    }
+    (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    return provenance
+
+
+def finish(run_dir: Path, provenance: dict[str, Any], finished_at: str) -> None:
+    provenance["finished_at"] = finished_at
+    (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
