@@ -62,16 +62,18 @@ def test_seeds_are_aggregated_and_groups_ranked_with_failures_last():
         ],
         "val_accuracy",
     )
-    assert [g.params for g in groups][:2] == [("0.01",), ("0.1",)]
-    assert groups[0].mean_std("val_accuracy") == (0.9, 0.0)  # the diverged seed has no value
-    assert groups[0].status == "completed, diverged"
-    assert groups[1].mean_std("val_accuracy") == (
+    # A configuration with a diverged seed ranks after the clean ones, whatever it scored.
+    assert [g.params for g in groups][:2] == [("0.1",), ("0.01",)]
+    assert groups[0].mean_std("val_accuracy") == (
         pytest.approx(0.75),
         pytest.approx(0.0707107, rel=1e-5),
     )
+    assert groups[1].mean_std("val_accuracy") == (0.9, 0.0)  # the diverged seed has no value
+    assert groups[1].status == "completed, diverged"
     assert {g.params[0] for g in groups[2:]} == {"1.0", "0.001"}
-    ascending = rank(groups, "val_loss")  # losses: lower is better
-    assert ascending[0].params == ("0.01",)
+    clean = [_run("x", "completed", 0.6, lr=1), _run("y", "completed", 0.9, lr=2)]
+    by_loss = rank([Group((r.overrides["lr"],), [r]) for r in clean], "val_loss")
+    assert [g.params for g in by_loss] == [("2",), ("1",)]  # losses: lower is better
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:
@@ -148,6 +150,26 @@ def test_report_includes_running_and_failed_members(tmp_path):
     groups = report(tmp_path)
     assert sorted(g.status for g in groups) == ["failed", "running"]
     assert "optimizer.lr must be > 0" in (tmp_path / "summary.md").read_text()
+
+
+def test_report_refuses_an_unknown_metric(tmp_path):
+    run_dir = tmp_path / "lr=0.1"
+    run_dir.mkdir()
+    metrics = {
+        "status": "completed",
+        "metric_names": ["loss", "accuracy"],
+        "val": {"loss": 1.0, "accuracy": 0.5},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    result = subprocess.run(
+        [sys.executable, "-m", "trainlab.report", str(tmp_path), "--metric", "val_foo"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        "no run has a value for --metric val_foo; choose one of: val_loss, val_accuracy"
+        in result.stderr
+    )
 
 
 def test_report_refuses_a_folder_without_runs(tmp_path):
@@ -235,3 +257,16 @@ def test_every_preset_composes_with_its_sweep_axes():
                 config_name="config", overrides=[f"+experiment={preset}"], return_hydra_config=True
             )
         assert config.hydra.sweeper.params, preset
+
+
+@needs_plugin["optuna"]
+def test_a_failing_optuna_trial_does_not_stop_the_search(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(
+        "-m", "+experiment=optuna_search", "hydra.sweeper.n_trials=4", "hydra.sweeper.direction=minimize",
+        "loss=choice(mse, hinge)", "dataset.task=regression", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    statuses = [json.loads(p.read_text())["status"] for p in sweep.rglob("metrics.json")]
+    assert len(statuses) == 4 and set(statuses) <= {"completed", "early_stopped", "failed"}
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_params"]["loss"] == "mse"  # hinge cannot fit regression: those trials failed

@@ -96,7 +96,7 @@ def _main(config: DictConfig) -> float | None:
         _record_end(run_dir, log_name, "failed", str(error))
         print(f"trainlab: error: {error}", file=sys.stderr)
         if multirun:
-            return None
+            return None  # a search sweeper records a failed trial
         raise SystemExit(EXIT_USER_ERROR) from None
     except Exception as error:
         # A bug, not a user mistake: keep the traceback, but let the rest of a sweep go on.
@@ -105,9 +105,11 @@ def _main(config: DictConfig) -> float | None:
             raise
         log.error("run failed:\n%s", traceback.format_exc())
         return None
-    # What a search sweeper (Optuna) optimizes: the validation value, never the test one.
-    val = metrics.get("val") or {}
-    return val.get(metrics["primary_metric"])
+    # What a search sweeper (Optuna) optimizes: the validation value, never the test one. A
+    # diverged run is a failed trial (None; Optuna's sweeper chokes on NaN), whatever its best
+    # weights scored.
+    value = (metrics.get("val") or {}).get(metrics["primary_metric"])
+    return value if metrics["status"] in ("completed", "early_stopped") else None
 
 
 def main() -> None:

@@ -131,8 +131,11 @@ def rank(groups: list[Group], metric: str) -> list[Group]:
     def key(group: Group) -> tuple[int, float]:
         mean, _ = group.mean_std(metric)
         if mean is None:
-            return (1, 0.0)
-        return (0, -mean if larger_better else mean)
+            return (2, 0.0)
+        # A configuration that diverged, failed or is unfinished in any seed ranks after the
+        # ones that trained cleanly, whatever its best weights scored.
+        troubled = any(run.status not in ("completed", "early_stopped") for run in group.runs)
+        return (int(troubled), -mean if larger_better else mean)
 
     return sorted(groups, key=key)
 
@@ -298,10 +301,21 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
     runs = find_runs(root)
     if not runs:
         raise FileNotFoundError(f"no runs (metrics.json files) below {root}")
+    console = make_console()
+    tasks = {run.metrics.get("task") for run in runs} - {None}
+    if len(tasks) > 1:
+        console.print(
+            f"note: the runs mix tasks ({', '.join(sorted(tasks))}); pass --metric to choose"
+        )
     metric = metric or default_metric(runs)
+    columns = _columns(runs, metric)
+    if not any(run.value(metric) is not None for run in runs) and any(
+        r.metrics.get("val") for r in runs
+    ):
+        known = ", ".join(c for c in columns if c != metric)
+        raise ValueError(f"no run has a value for --metric {metric}; choose one of: {known}")
     keys = swept_keys(runs)
     groups = rank(group_runs(runs, keys), metric)
-    columns = _columns(runs, metric)
     write_csv(root / "summary.csv", keys, groups, columns)
     write_markdown(root / "summary.md", keys, groups, columns, metric)
     for stale in REPORT_FILES[2:]:
@@ -319,7 +333,6 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
     for position, group in enumerate(groups, 1):
         cells = [_format(*group.mean_std(c), len(group.values(c))) for c in columns]
         table.add_row(str(position), *group.params, str(len(group.runs)), group.status, *cells)
-    console = make_console()
     console.print(table)
     written = [name for name in REPORT_FILES if (root / name).exists()]
     console.print(f"wrote {', '.join(written)} in {root}", soft_wrap=True)
@@ -343,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(2)
     try:
         report(args.path, args.metric, plots=not args.no_plots)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         print(f"trainlab-report: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
