@@ -4,6 +4,8 @@ readers, the uint8 cache, splits, batch preparation and augmentation, and the da
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,40 @@ def test_a_corrupt_cache_is_rebuilt(tmp_path):
         rebuilt["train_images"].shape == (50, 1, 28, 28)
         and "train-images" in rebuilt["fingerprint"]
     )
+
+
+def test_a_cache_damaged_after_writing_is_detected_and_rebuilt(tmp_path, caplog):
+    write_idx_dataset(tmp_path / "MNIST/raw", train=50, test=10, gzipped=False)
+    first = load_dataset(image_config("mnist", tmp_path, val_size=10))
+    cache = tmp_path / "trainlab-cache" / f"mnist-uint8-v{image_files.CACHE_FORMAT}.pt"
+    tensors = torch.load(cache, weights_only=True)
+    tensors["train_images"][3, 0, 5, 5] ^= 0xFF  # one flipped byte, the file still loads
+    torch.save(tensors, cache)
+    with caplog.at_level("WARNING", logger="trainlab"):
+        again = load_dataset(image_config("mnist", tmp_path, val_size=10))
+    assert "damaged dataset cache" in caplog.text
+    assert torch.equal(first.train.inputs, again.train.inputs)
+
+
+def test_two_processes_building_the_cache_at_once(tmp_path):
+    write_idx_dataset(tmp_path / "MNIST/raw", train=3000, test=500, gzipped=True)
+    script = (
+        "import sys; from trainlab.data.images import read_images; "
+        "t = read_images('mnist', sys.argv[1], False); print(int(t['train_images'].sum()))"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=120)[0].strip() for process in processes]
+    assert [p.returncode for p in processes] == [0, 0] and outputs[0] == outputs[1]
+    cache_files = list((tmp_path / "trainlab-cache").iterdir())
+    assert [f.name for f in cache_files] == [
+        f"mnist-uint8-v{image_files.CACHE_FORMAT}.pt"
+    ]  # no leftovers
+    assert image_files._read_cache(cache_files[0]) is not None  # intact, checksum verified
 
 
 def test_split_depends_on_split_seed_only(tmp_path):

@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import torchvision
 from trainlab.errors import UserError
 
 log = logging.getLogger("trainlab")
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 SPLIT_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 IDX_FILES = (
@@ -175,16 +176,26 @@ def _cache_path(source: ImageSource, root: Path) -> Path:
     return root / "trainlab-cache" / f"{source.name}-uint8-v{CACHE_FORMAT}.pt"
 
 
-def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
+def _checksum(tensors: dict[str, Any]) -> int:
+    """CRC-32 of every split's bytes: catches a cache damaged after it was written."""
+    value = 0
+    for key in SPLIT_KEYS:
+        value = zlib.crc32(tensors[key].contiguous().numpy().tobytes(), value)
+    return value
+
+
+def _read_cache(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
         tensors = torch.load(path, weights_only=True)
-        if set(tensors) == {*SPLIT_KEYS, "fingerprint"}:
+        if set(tensors) == {*SPLIT_KEYS, "fingerprint", "checksum"} and tensors[
+            "checksum"
+        ] == _checksum(tensors):
             return tensors
     except Exception:  # a truncated or foreign file: decode again
         pass
-    log.warning("ignoring unreadable dataset cache %s; decoding the files again", path)
+    log.warning("ignoring a damaged dataset cache %s; decoding the files again", path)
     return None
 
 
@@ -244,5 +255,6 @@ def read_images(name: str, root: str | Path, download: bool) -> dict[str, torch.
             ) from None
     log.info("decoding %s from %s (once; cached in %s)", name, found, cache)
     tensors = {**_decode(source, found), "fingerprint": _fingerprint(source, found)}
+    tensors["checksum"] = _checksum(tensors)
     _write_cache(cache, tensors)
     return tensors
