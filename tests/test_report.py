@@ -172,6 +172,19 @@ def test_report_refuses_an_unknown_metric(tmp_path):
     )
 
 
+def test_report_shows_provenance(tmp_path):
+    from tests.helpers import compose_config
+    from trainlab.run import run
+
+    metrics = run(compose_config(*TINY), tmp_path / "lr=0.003", command=["trainlab"])
+    result = subprocess.run(
+        [sys.executable, "-m", "trainlab.report", str(tmp_path), "--provenance"],
+        capture_output=True, text=True, env=ENV,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert metrics["config_hash"] in result.stdout and "lr=0.003" in result.stdout
+
+
 def test_report_refuses_a_folder_without_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "trainlab.report", str(tmp_path)], capture_output=True, text=True

@@ -339,6 +339,36 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
     return groups
 
 
+def provenance_table(root: Path) -> Table:
+    """Per run: config hash, code commit, versions, host and start time (from provenance.json)."""
+    table = Table(title=f"provenance of the runs in {root}")
+    for header in (
+        "run",
+        "status",
+        "config hash",
+        "commit",
+        "trainlab",
+        "torch",
+        "host",
+        "started",
+    ):
+        table.add_column(header, overflow="fold")
+    for run in find_runs(root):
+        try:
+            provenance = json.loads((run.path / "provenance.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            table.add_row(run.name, run.status, *["-"] * 6)
+            continue
+        code, versions = provenance.get("code", {}), provenance.get("versions", {})
+        commit = (code.get("commit") or "-")[:10] + (" +dirty" if code.get("dirty") else "")
+        table.add_row(
+            run.name, run.status, provenance.get("config_hash", "-"), commit,
+            str(versions.get("trainlab")), str(versions.get("torch")),
+            str(provenance.get("host")), str(provenance.get("started_at")),
+        )  # fmt: skip
+    return table
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: ``trainlab-report PATH [--metric NAME] [--no-plots]``."""
     parser = argparse.ArgumentParser(
@@ -350,10 +380,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="rank by this, e.g. val_loss, val_accuracy, test_mse (default: validation value of the task's main metric)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--provenance",
+        action="store_true",
+        help="only list what produced each run (provenance.json)",
+    )
     args = parser.parse_args(argv)
     if not args.path.is_dir():
         print(f"trainlab-report: error: {args.path} is not a folder", file=sys.stderr)
         raise SystemExit(2)
+    if args.provenance:
+        make_console().print(provenance_table(args.path))
+        return
     try:
         report(args.path, args.metric, plots=not args.no_plots)
     except (FileNotFoundError, ValueError) as error:
