@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from trainlab.data.base import DatasetSpec, Prepare, Split
 from trainlab.losses import LossFn
 
-# The metric each task is judged by, and whether larger is better.
-PRIMARY_METRIC = {
-    "classification": ("accuracy", True),
-    "regression": ("mse", False),
-    "ranking": ("ndcg", True),
-}
+# The metric each task is judged by (the report ranks losses and errors low-first).
+PRIMARY_METRIC = {"classification": "accuracy", "regression": "mse", "ranking": "ndcg"}
 
 
 def ndcg_at_k(scores: torch.Tensor, grades: torch.Tensor, k: int) -> torch.Tensor:
@@ -74,7 +68,3 @@ def evaluate(
     names = list(sums)
     values = torch.stack([sums[name] for name in names]).tolist()
     return {name: value / len(split) for name, value in zip(names, values, strict=True)}
-
-
-def is_finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)

@@ -256,7 +256,7 @@ def run(
         data.train, batch_size, shuffle=True, seed=settings.seed, prepare=data.prepare
     )
     names = metric_names(spec)
-    primary, _ = PRIMARY_METRIC[spec.task]
+    primary = PRIMARY_METRIC[spec.task]
     hparams = _hparams(config, spec, batch_size, to_plain(swept or {}))
     tensorboard = TensorBoardLogger(run_dir, hparams)
     console_logger = ConsoleLogger(console or make_console(), title)
