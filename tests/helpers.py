@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,14 @@ def compose_config(*overrides: str) -> DictConfig:
     """The config ``trainlab <overrides>`` would run with."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def member_metrics(sweep: Path) -> dict[str, dict]:
+    """metrics.json of every run below ``sweep``, by folder name."""
+    return {
+        path.parent.name: json.loads(path.read_text())
+        for path in sorted(sweep.rglob("metrics.json"))
+    }
 
 
 ENV = {**os.environ, "HYDRA_FULL_ERROR": "0", "COLUMNS": "200"}

@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tests.helpers import TINY, run_cli, start_cli
+from tests.helpers import TINY, member_metrics, run_cli, start_cli
 
 EXPECTED_TAGS = {
     "train/loss",
@@ -134,8 +134,8 @@ def test_a_failing_member_does_not_stop_the_sweep(tmp_path):
     )
     assert result.returncode == 1
     statuses = {
-        path.parent.name.split("loss=")[1].split(",")[0]: json.loads(path.read_text())["status"]
-        for path in sweep.rglob("metrics.json")
+        name.split("loss=")[1].split(",")[0]: metrics["status"]
+        for name, metrics in member_metrics(sweep).items()
     }
     assert statuses == {"hinge": "failed", "mae": "completed"}
     assert "loss=hinge does not fit the regression task" in result.stderr
@@ -154,10 +154,7 @@ def test_a_diverging_member_is_recorded_and_the_sweep_goes_on(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    statuses = {
-        path.parent.name: json.loads(path.read_text())["status"]
-        for path in sweep.rglob("metrics.json")
-    }
+    statuses = {name: metrics["status"] for name, metrics in member_metrics(sweep).items()}
     assert sorted(statuses.values()) == ["completed", "diverged"], statuses
 
 

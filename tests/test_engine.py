@@ -12,7 +12,7 @@ from torch import nn
 
 from tests.helpers import TINY, compose_config
 from trainlab.engine import FitSettings, fit
-from trainlab.optim import LRSchedule, TrainingPlan, build_schedule
+from trainlab.optim import TrainingPlan, build_schedule
 from trainlab.run import run
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -60,20 +60,23 @@ def _linear_problem(samples=64):
 
 
 def _fit(
-    model, optimizer, batches, epochs, evaluate_val, loss_fn=nn.functional.mse_loss, **settings
+    model,
+    optimizer,
+    batches,
+    epochs,
+    evaluate_val,
+    loss_fn=nn.functional.mse_loss,
+    callbacks=(),
+    log_every_steps=1,
+    **settings,
 ):
+    """fit() with a constant schedule, one epoch = one pass over ``batches``."""
     schedule = build_schedule({"name": "constant"}, optimizer, TrainingPlan(epochs, len(batches)))
+    settings = FitSettings(epochs=epochs, log_every_steps=log_every_steps, **settings)
     return fit(
-        model,
-        loss_fn,
-        optimizer,
-        schedule,
-        None,
-        batches,
-        len(batches),
-        evaluate_val,
-        FitSettings(epochs=epochs, log_every_steps=1, **settings),
-    )
+        model, loss_fn, optimizer, schedule, None, batches, len(batches), evaluate_val, settings,
+        callbacks,
+    )  # fmt: skip
 
 
 def test_lbfgs_solves_least_squares_with_its_closure():
@@ -110,19 +113,10 @@ def test_early_stopping_stops_after_patience_and_restores_best_weights():
         def on_epoch_end(self, epoch, scalars):
             snapshots[epoch] = model.weight.detach().clone()
 
-    schedule = LRSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0), "epoch")
-    result = fit(
-        model,
-        nn.functional.mse_loss,
-        optimizer,
-        schedule,
-        None,
-        [(inputs, targets)],
-        1,
-        lambda: {"loss": next(val_losses)},
-        FitSettings(epochs=10, patience=2),
-        [Snapshot()],
-    )
+    result = _fit(
+        model, optimizer, [(inputs, targets)], 10, lambda: {"loss": next(val_losses)},
+        callbacks=[Snapshot()], patience=2,
+    )  # fmt: skip
     assert result.status == "early_stopped" and result.epochs_run == 4
     assert result.best_epoch == 2 and result.best_val == {"loss": 0.5}
     assert torch.equal(model.weight, snapshots[2]) and not torch.equal(model.weight, snapshots[4])
@@ -191,19 +185,10 @@ def test_a_logging_interval_spanning_epochs_averages_all_its_steps():
 
     recorder = _Recorder()
     batches = [(torch.ones(1, 1), torch.ones(1, 1))] * 2
-    schedule = build_schedule({"name": "constant"}, optimizer, TrainingPlan(3, 2))
-    fit(
-        model,
-        loss_fn,
-        optimizer,
-        schedule,
-        None,
-        batches,
-        2,
-        lambda: {"loss": 1.0},
-        FitSettings(epochs=3, log_every_steps=3),
-        [recorder],
-    )
+    _fit(
+        model, optimizer, batches, 3, lambda: {"loss": 1.0}, loss_fn=loss_fn,
+        callbacks=[recorder], log_every_steps=3,
+    )  # fmt: skip
     assert recorder.logs == [(3, pytest.approx(2.0)), (6, pytest.approx(5.0))]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ENV, TINY, run_cli
+from tests.helpers import ENV, TINY, member_metrics, run_cli
 from trainlab.report import Group, Run, find_runs, mean_and_std, rank, report, swept_keys
 
 needs_plugin = {
@@ -200,7 +200,7 @@ def test_joblib_launcher_runs_two_members_in_parallel(tmp_path):
         "epochs=20", "early_stopping.enabled=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    metrics = [json.loads(p.read_text()) for p in sweep.rglob("metrics.json")]
+    metrics = list(member_metrics(sweep).values())
     assert [m["status"] for m in metrics] == ["completed", "completed"]
     assert len({m["pid"] for m in metrics}) == 2  # two worker processes
     starts = [datetime.fromisoformat(m["started_at"]) for m in metrics]
@@ -217,7 +217,7 @@ def test_optuna_search_preset_runs_trials_and_maximizes_validation_accuracy(tmp_
         f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    accuracies = [json.loads(p.read_text())["val"]["accuracy"] for p in sweep.rglob("metrics.json")]
+    accuracies = [m["val"]["accuracy"] for m in member_metrics(sweep).values()]
     assert len(accuracies) == 3
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(max(accuracies))
@@ -247,7 +247,7 @@ def test_submitit_local_launcher_runs_a_job(tmp_path):
         f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    metrics = [json.loads(p.read_text()) for p in sweep.rglob("metrics.json")]
+    metrics = list(member_metrics(sweep).values())
     assert [m["status"] for m in metrics] == ["completed"]
 
 
@@ -279,7 +279,7 @@ def test_a_failing_optuna_trial_does_not_stop_the_search(tmp_path):
         "-m", "+experiment=optuna_search", "hydra.sweeper.n_trials=4", "hydra.sweeper.direction=minimize",
         "loss=choice(mse, hinge)", "dataset.task=regression", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
-    statuses = [json.loads(p.read_text())["status"] for p in sweep.rglob("metrics.json")]
+    statuses = [m["status"] for m in member_metrics(sweep).values()]
     assert len(statuses) == 4 and set(statuses) <= {"completed", "early_stopped", "failed"}
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_params"]["loss"] == "mse"  # hinge cannot fit regression: those trials failed

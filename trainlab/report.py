@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import statistics
 import sys
 from collections.abc import Sequence
@@ -85,16 +86,33 @@ def _overrides(run_dir: Path) -> dict[str, str]:
     return {key.lstrip("+~"): value for key, value in pairs if not key.startswith("hydra.")}
 
 
-def find_runs(root: Path) -> list[Run]:
-    """Every folder below ``root`` holding a metrics.json (unreadable ones count as failed)."""
+def natural_key(text: str) -> list[tuple[int, float, str]]:
+    """Sort ``batch_size=8`` before ``batch_size=32``: numbers compare as numbers."""
+    parts = re.split(r"(\d+(?:\.\d+)?(?:e-?\d+)?)", text)
+    return [(0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts)]
+
+
+def find_runs(root: Path, member_dirs: list[Path] | None = None) -> list[Run]:
+    """The runs in ``member_dirs`` (default: every folder below ``root`` holding a
+    metrics.json), in natural name order; a missing or unreadable metrics.json counts as failed."""
+    root = root.resolve()
+    if member_dirs is None:
+        member_dirs = [path.parent for path in root.rglob("metrics.json")]
     runs = []
-    for path in sorted(root.rglob("metrics.json")):
+    for run_dir in sorted(
+        {path.resolve() for path in member_dirs}, key=lambda p: natural_key(str(p))
+    ):
         try:
-            metrics = json.loads(path.read_text())
+            metrics = json.loads((run_dir / "metrics.json").read_text())
         except (OSError, json.JSONDecodeError) as error:
-            metrics = {"status": "failed", "error": f"unreadable metrics.json ({error})"}
-        name = str(path.parent.relative_to(root)) if path.parent != root else path.parent.name
-        runs.append(Run(name, path.parent, metrics, _overrides(path.parent)))
+            metrics = {"status": "failed", "error": f"no readable metrics.json ({error})"}
+        if run_dir == root:
+            name = run_dir.name
+        elif run_dir.is_relative_to(root):
+            name = str(run_dir.relative_to(root))
+        else:
+            name = str(run_dir)
+        runs.append(Run(name, run_dir, metrics, _overrides(run_dir)))
     return runs
 
 
@@ -246,16 +264,6 @@ def plot_curves(path: Path, runs: list[Run], metric_name: str, keys: list[str]) 
     plt.close(figure)
 
 
-def _sorted_values(values: set[str]) -> list[str]:
-    def key(value: str) -> tuple[int, float, str]:
-        try:
-            return (0, float(value), "")
-        except ValueError:
-            return (1, 0.0, value)
-
-    return sorted(values, key=key)
-
-
 def plot_heatmap(
     path: Path, keys: list[str], groups: list[Group], metric: str
 ) -> list[list[float | None]]:
@@ -265,8 +273,8 @@ def plot_heatmap(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = _sorted_values({g.params[0] for g in groups})
-    columns = _sorted_values({g.params[1] for g in groups})
+    rows = sorted({g.params[0] for g in groups}, key=natural_key)
+    columns = sorted({g.params[1] for g in groups}, key=natural_key)
     by_params = {g.params: g.mean_std(metric)[0] for g in groups}
     grid = [[by_params.get((r, c)) for c in columns] for r in rows]
     figure, axis = plt.subplots(figsize=(1.6 * len(columns) + 3, 0.7 * len(rows) + 2.5))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,44 +10,14 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from trainlab.loggers import make_console
+from trainlab.report import Run, find_runs
 
 
-def _natural_key(path: Path) -> list:
-    """Sort ``batch_size=8`` before ``batch_size=32``: numbers compare as numbers."""
-    parts = re.split(r"(\d+(?:\.\d+)?(?:e-?\d+)?)", str(path))
-    return [
-        (0, float(part), "") if index % 2 else (1, 0.0, part) for index, part in enumerate(parts)
-    ]
-
-
-def read_runs(
-    sweep_dir: Path, member_dirs: list[Path] | None = None
-) -> list[tuple[str, dict[str, Any]]]:
-    """(member name, metrics.json content) for ``member_dirs`` (default: every run below
-    ``sweep_dir``), in name order. A member without a readable metrics.json counts as failed."""
-    if member_dirs is None:
-        member_dirs = [path.parent for path in sweep_dir.rglob("metrics.json")]
-    sweep_dir = sweep_dir.resolve()
-    runs = []
-    for run_dir in sorted((path.resolve() for path in member_dirs), key=_natural_key):
-        try:
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            metrics = {"status": "failed", "error": f"no readable metrics.json ({error})"}
-        name = (
-            str(run_dir.relative_to(sweep_dir))
-            if run_dir.is_relative_to(sweep_dir)
-            else str(run_dir)
-        )
-        runs.append((name, metrics))
-    return runs
-
-
-def summary_table(runs: list[tuple[str, dict[str, Any]]], title: str) -> Table:
-    """Members as rows: status, epochs, best validation loss and the test numbers."""
+def summary_table(runs: list[Run], title: str) -> Table:
+    """Members as rows: status, epochs, validation loss and the test numbers."""
     metric_names: list[str] = []
-    for _, metrics in runs:
-        for name in metrics.get("metric_names", []):
+    for run in runs:
+        for name in run.metrics.get("metric_names", []):
             if name not in metric_names:
                 metric_names.append(name)
     table = Table(title=title)
@@ -59,13 +27,13 @@ def summary_table(runs: list[tuple[str, dict[str, Any]]], title: str) -> Table:
     table.add_column("val loss", justify="right")
     for name in metric_names:
         table.add_column(f"test {name}", justify="right")
-    for run, metrics in runs:
-        val = metrics.get("val") or {}
-        test = metrics.get("test") or {}
+    for run in runs:
+        val = run.metrics.get("val") or {}
+        test = run.metrics.get("test") or {}
         table.add_row(
-            run,
-            metrics.get("status", "?"),
-            str(metrics.get("epochs_run", "-")),
+            run.name,
+            run.status,
+            str(run.metrics.get("epochs_run", "-")),
             f"{val['loss']:.4f}" if "loss" in val else "-",
             *(f"{test[name]:.4f}" if name in test else "-" for name in metric_names),
         )
@@ -87,10 +55,10 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         # Launchers that run jobs in other processes never call on_job_end here: scan instead.
-        runs = read_runs(sweep_dir, self.member_dirs or None)
+        runs = find_runs(sweep_dir, self.member_dirs or None)
         console = make_console()
         console.print(summary_table(runs, f"sweep {sweep_dir}"))
-        failed = [name for name, metrics in runs if metrics.get("status") == "failed"]
+        failed = [run.name for run in runs if run.status == "failed"]
         if failed:
             console.print(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
             raise SystemExit(1)
