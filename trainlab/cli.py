@@ -6,6 +6,7 @@ failing member is recorded in its metrics.json and the other members still run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -20,8 +21,18 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trainlab.errors import UserError
+from trainlab.files import read_json, write_json
+from trainlab.interrupts import GracefulStop
 from trainlab.loggers import make_console
-from trainlab.run import run, write_json
+from trainlab.preflight import explain
+from trainlab.resume import (
+    clear_attempt,
+    differences,
+    plan_run,
+    saved_config,
+)
+from trainlab.run import run
+from trainlab.sweep import preflight, sweep_members
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 EXIT_USER_ERROR = 2
@@ -59,16 +70,34 @@ def _swept(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
     return swept
 
 
-def _record_end(run_dir: Path, log_name: str, status: str, message: str) -> None:
-    """Mark a run that did not finish (failed, interrupted) in its metrics.json and log."""
-    if run_dir.is_dir():
-        write_json(run_dir / "metrics.json", {"status": status, "error": message})
-        with open(run_dir / log_name, "a") as log_file:  # the console line goes to stderr only
-            log_file.write(f"{status}: {message}\n")
+def _run_dir_resolver(resume: str | None, default: str) -> str:
+    """hydra.run.dir: the folder being resumed, else a new timestamped one."""
+    return str(resume) if resume else default
 
 
-def _interrupt(signal_number: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends a run the way Ctrl-C does
+OmegaConf.register_new_resolver("trainlab_run_dir", _run_dir_resolver, replace=True)
+
+
+def _objective(metrics: dict[str, Any]) -> float | None:
+    """What a search sweeper (Optuna) optimizes: the validation value, never the test one.
+
+    A diverged run is a failed trial (None; Optuna's sweeper chokes on NaN), whatever its best
+    weights scored.
+    """
+    value = (metrics.get("val") or {}).get(metrics.get("primary_metric", ""))
+    return value if metrics.get("status") in ("completed", "early_stopped") else None
+
+
+def _discard_if_unused(run_dir: Path, log_name: str) -> None:
+    """Remove the folder Hydra made for a run that was refused before it started."""
+    log_file = run_dir / log_name
+    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {log_name}:
+        return
+    if log_file.exists() and log_file.stat().st_size > 0:
+        return
+    log_file.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -78,43 +107,130 @@ def _main(config: DictConfig) -> float | None:
     multirun = hydra_config.mode == RunMode.MULTIRUN
     overrides = list(hydra_config.overrides.task)
     title = run_name(hydra_config.job.override_dirname, 0) if multirun else "trainlab"
-    log_name = f"{hydra_config.job.name}.log"
+    action = None
     try:
-        metrics = run(
-            config,
-            run_dir,
-            swept=_swept(config, overrides),
-            console=make_console(),
-            title=title,
-            command=list(sys.argv),
-        )
+        action, config = plan_run(config, run_dir, overrides, multirun)
+        if action == "rerun":
+            clear_attempt(run_dir)
+        if action == "done":
+            metrics = read_json(run_dir / "metrics.json") or {}
+            log.info("%s already finished (%s): skipped", run_dir, metrics.get("status"))
+            return _objective(metrics)
+        files = None
+        swept_from = overrides
+        if action == "resume":  # compare by the overrides the run was started with
+            saved_overrides = run_dir / ".hydra" / "overrides.yaml"
+            if saved_overrides.is_file():
+                swept_from = [str(o) for o in OmegaConf.load(saved_overrides)]
+        if action in ("new", "rerun"):
+            files = {
+                "config.yaml": config,
+                "hydra.yaml": OmegaConf.create({"hydra": hydra_config}),
+                "overrides.yaml": OmegaConf.create(overrides),
+            }
+        elif differences(saved_config(run_dir), OmegaConf.to_container(config)):
+            files = {"config.yaml": config}  # epochs extended: the folder says what it now holds
+        with GracefulStop() as stop:
+            metrics = run(
+                config,
+                run_dir,
+                swept=_swept(config, swept_from),
+                console=make_console(),
+                title=title,
+                command=list(sys.argv),
+                resume=action == "resume",
+                stop_requested=stop,
+                config_files=files,
+            )
+            if metrics["status"] == "interrupted":
+                stop.hand_over()  # under submitit: requeue the job, which resumes this run
+                print(
+                    f"trainlab: interrupted by {stop.signal_name}: {metrics['message']}",
+                    file=sys.stderr,
+                )
+                raise SystemExit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
-        _record_end(run_dir, log_name, "interrupted", "stopped by Ctrl-C or SIGTERM")
         print(f"trainlab: interrupted; {run_dir} is marked interrupted", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None  # a sweep stops here too
     except UserError as error:
-        _record_end(run_dir, log_name, "failed", str(error))
         print(f"trainlab: error: {error}", file=sys.stderr)
-        if multirun:
+        if multirun:  # a member's own folder: record the failure for the sweep's table
+            if action in ("new", "rerun") and not (run_dir / "metrics.json").exists():
+                write_json(run_dir / "metrics.json", {"status": "failed", "error": str(error)})
             return None  # a search sweeper records a failed trial
+        _discard_if_unused(run_dir, f"{hydra_config.job.name}.log")
         raise SystemExit(EXIT_USER_ERROR) from None
-    except Exception as error:
-        # A bug, not a user mistake: keep the traceback, but let the rest of a sweep go on.
-        _record_end(run_dir, log_name, "failed", f"{type(error).__name__}: {error}")
+    except Exception:
+        # A bug, not a user mistake (run() recorded it): keep the traceback, but let the rest
+        # of a sweep go on.
         if not multirun:
             raise
         log.error("run failed:\n%s", traceback.format_exc())
         return None
-    # What a search sweeper (Optuna) optimizes: the validation value, never the test one. A
-    # diverged run is a failed trial (None; Optuna's sweeper chokes on NaN), whatever its best
-    # weights scored.
-    value = (metrics.get("val") or {}).get(metrics["primary_metric"])
-    return value if metrics["status"] in ("completed", "early_stopped") else None
+    return _objective(metrics)
+
+
+def _interrupt(signal_number: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run the way Ctrl-C does
+
+
+def _check_command_line(argv: list[str]) -> str | None:
+    """Compose the config as Hydra is about to; a mistake becomes one line with a did-you-mean.
+
+    A sweep's members are checked one by one later, by trainlab's sweeper; here the command's
+    fixed overrides are.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir:
+        return None  # Hydra's own modes, or a config folder of the user's: Hydra reports
+    if args.config_path or args.config_name or args.experimental_rerun:
+        return None
+
+    def compose_overrides(overrides: list[str]) -> DictConfig:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose("config", overrides=overrides, return_hydra_config=True)
+
+    fixed = list(args.overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(fixed)
+        fixed = [o.input_line for o in parsed if not (args.multirun and o.is_sweep_override())]
+        config = compose_overrides(fixed)
+        output = config.hydra.sweep.dir if args.multirun else config.hydra.run.dir
+    except Exception as error:
+        return explain(error, fixed, compose_overrides)
+    key = "hydra.sweep.dir" if args.multirun else "hydra.run.dir"
+    problem = _check_output_folder(Path(str(output)), key)
+    if problem is None and args.multirun:
+        members = sweep_members(config, list(args.overrides))
+        if members is not None:
+            problem = preflight(members, compose_overrides)
+    return problem
+
+
+def _check_output_folder(folder: Path, key: str) -> str | None:
+    """The run folder must be creatable: its nearest existing parent a writable folder."""
+    parent = folder.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        return (
+            f"{key}={folder} cannot be created ({parent} is not a writable folder); "
+            f"set {key} to a folder you can write to"
+        )
+    return None
 
 
 def main() -> None:
     """Console-script entry point."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)  # outside training, SIGTERM stops like Ctrl-C
+    problem = _check_command_line(sys.argv[1:])
+    if problem is not None:
+        print(f"trainlab: error: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
     _main()
 
 

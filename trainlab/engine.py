@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -29,11 +29,12 @@ class FitSettings:
     patience: int | None = None  # evaluations without improvement before stopping; None: never
     min_delta: float = 0.0
     restore_best: bool = True
+    checkpoint_every_steps: int | None = None  # also checkpoint mid-epoch every N steps
 
 
 @dataclass
 class FitResult:
-    status: str  # completed | early_stopped | diverged
+    status: str  # completed | early_stopped | diverged | interrupted
     message: str
     epochs_run: int
     steps: int
@@ -42,6 +43,45 @@ class FitResult:
     last_val: dict[str, float] | None  # at the last evaluation
     history: dict[str, list[float | None]] = field(default_factory=dict)
     epoch_seconds: list[float] = field(default_factory=list)  # training time of each epoch
+
+
+@dataclass
+class FitState:
+    """Everything fit() changes besides the model, optimizer, schedule and data order.
+
+    A checkpoint saves it with those, so a resumed fit continues exactly where it stopped,
+    even mid-epoch.
+    """
+
+    epochs_finished: int = 0
+    step: int = 0
+    epoch_steps: int = 0  # steps taken in the unfinished epoch
+    epoch_time: float = 0.0  # seconds of training spent in the unfinished epoch
+    interval_steps: int = 0  # steps since the last logging interval
+    # Running sums on the device, rows [loss, penalty] x columns [this epoch, since the last
+    # log]: one add per step, read back only at a logging interval or the end of an epoch.
+    sums: torch.Tensor | None = None
+    rows: list[dict[str, float]] = field(default_factory=list)  # one per finished epoch
+    epoch_seconds: list[float] = field(default_factory=list)
+    last_val: dict[str, float] | None = None
+    best_val: dict[str, float] | None = None
+    best_epoch: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    stale_evaluations: int = 0
+    status: str = "completed"
+    message: str = ""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> FitState:
+        loaded = cls(**state)
+        if loaded.sums is not None:
+            loaded.sums = loaded.sums.to(device)
+        if loaded.best_state is not None:
+            loaded.best_state = {k: v.to(device) for k, v in loaded.best_state.items()}
+        return loaded
 
 
 class Callback(Protocol):
@@ -75,6 +115,10 @@ def _diverged(name: str, value: float, epoch: int, step: int, lr: float) -> str:
     )
 
 
+def _never() -> bool:
+    return False
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -86,34 +130,41 @@ def fit(
     evaluate_val: Callable[[], dict[str, float]],
     settings: FitSettings,
     callbacks: Sequence[Callback] = (),
+    *,
+    state: FitState | None = None,
+    save_checkpoint: Callable[[FitState], None] | None = None,
+    stop_requested: Callable[[], bool] = _never,
 ) -> FitResult:
-    """Train ``model`` for ``settings.epochs`` passes over ``batches``; see :class:`FitResult`."""
+    """Train ``model`` for ``settings.epochs`` passes over ``batches``; see :class:`FitResult`.
+
+    ``state`` continues a checkpointed fit (``batches`` must resume its data order too).
+    ``save_checkpoint`` is called after every epoch, every ``checkpoint_every_steps`` steps,
+    and when ``stop_requested()`` turns true after a step; then the fit ends ``interrupted``.
+    """
     parameters = [p for p in model.parameters() if p.requires_grad]
     device = parameters[0].device
-    rows: list[dict[str, float]] = []  # one per epoch; becomes the history at the end
-    epoch_seconds: list[
-        float
-    ] = []  # training time per epoch (kept out of the deterministic history)
-    last_val: dict[str, float] | None = None
-    best_val: dict[str, float] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch: int | None = None
-    stale_evaluations = 0
-    step = epoch = 0
-    status, message = "completed", ""
+    state = state or FitState()
+    if state.sums is None:
+        state.sums = torch.zeros(2, 2, device=device)
+    sums = state.sums
+    every = settings.checkpoint_every_steps
     _emit(callbacks, "on_fit_start", TrainingPlan(settings.epochs, steps_per_epoch))
 
-    # Running sums on the device, [this epoch, since the last log]: one add per step, read back
-    # only at a logging interval or the end of an epoch. A logging interval may span epochs.
-    loss_sums = torch.zeros(2, device=device)
-    penalty_sums = torch.zeros(2, device=device)
-    interval_steps = 0
-    while status == "completed" and epoch < settings.epochs:
-        epoch += 1
+    def checkpoint(epoch_start: float | None = None) -> None:
+        if save_checkpoint is not None:
+            if epoch_start is not None:
+                state.epoch_time = time.perf_counter() - epoch_start
+            save_checkpoint(state)
+
+    while state.status == "completed" and (
+        state.epoch_steps > 0 or state.epochs_finished < settings.epochs
+    ):
+        epoch = state.epochs_finished + 1
         model.train()
-        loss_sums[0] = penalty_sums[0] = 0
-        epoch_steps = 0
-        epoch_start = time.perf_counter()
+        if state.epoch_steps == 0:
+            sums[:, 0] = 0
+            state.epoch_time = 0.0
+        epoch_start = time.perf_counter() - state.epoch_time
         for inputs, targets in batches:
             reported: list[torch.Tensor] = []
 
@@ -132,29 +183,39 @@ def fit(
                 return total
 
             optimizer.step(closure)
-            loss_sums += reported[0]
+            sums[0] += reported[0]
             if penalty is not None:
-                penalty_sums += reported[1]
-            step += 1
-            epoch_steps += 1
-            interval_steps += 1
+                sums[1] += reported[1]
+            state.step += 1
+            state.epoch_steps += 1
+            state.interval_steps += 1
+            step = state.step
             schedule.step_done()
             if step % settings.log_every_steps == 0:
-                values = torch.stack([loss_sums[1], penalty_sums[1], gradient_norm(parameters)])
+                values = torch.cat([sums[:, 1], gradient_norm(parameters).reshape(1)])
                 loss_total, penalty_total, grad_norm = values.tolist()
-                loss, penalty_mean = loss_total / interval_steps, penalty_total / interval_steps
+                loss = loss_total / state.interval_steps
+                penalty_mean = penalty_total / state.interval_steps
                 lr = optimizer.param_groups[0]["lr"]
                 scalars = {"loss": loss, "penalty": penalty_mean, "lr": lr, "grad_norm": grad_norm}
                 _emit(callbacks, "on_log", step, epoch, scalars)
-                loss_sums[1] = penalty_sums[1] = 0
-                interval_steps = 0
+                sums[:, 1] = 0
+                state.interval_steps = 0
                 if not math.isfinite(loss + penalty_mean):
-                    status, message = "diverged", _diverged("training loss", loss, epoch, step, lr)
+                    state.status = "diverged"
+                    state.message = _diverged("training loss", loss, epoch, step, lr)
                     break
+            if stop_requested():
+                checkpoint(epoch_start)
+                state.status, state.message = "interrupted", f"stopped after step {step}"
+                break
+            if every is not None and step % every == 0 and state.epoch_steps < steps_per_epoch:
+                checkpoint(epoch_start)
+        if state.status == "interrupted":
+            break
 
-        train_loss, train_penalty = (
-            torch.stack([loss_sums[0], penalty_sums[0]]) / epoch_steps
-        ).tolist()
+        step = state.step
+        train_loss, train_penalty = (sums[:, 0] / state.epoch_steps).tolist()
         train_time = time.perf_counter() - epoch_start  # .tolist() above waited for the device
         lr = optimizer.param_groups[0]["lr"]
         scalars = {
@@ -163,45 +224,60 @@ def fit(
             "lr": lr,
             "step": step,
         }
-        epoch_seconds.append(train_time)
-        if status == "completed" and not math.isfinite(train_loss + train_penalty):
-            status, message = "diverged", _diverged("training loss", train_loss, epoch, step, lr)
+        state.epoch_seconds.append(train_time)
+        state.epoch_steps = 0
+        if state.status == "completed" and not math.isfinite(train_loss + train_penalty):
+            state.status = "diverged"
+            state.message = _diverged("training loss", train_loss, epoch, step, lr)
 
         val: dict[str, float] | None = None
-        if status == "completed" and (
+        if state.status == "completed" and (
             epoch % settings.eval_every_epochs == 0 or epoch == settings.epochs
         ):
-            val = last_val = evaluate_val()
+            val = state.last_val = evaluate_val()
             scalars.update({f"val_{name}": value for name, value in val.items()})
             if not math.isfinite(val["loss"]):
-                status, message = (
-                    "diverged",
-                    _diverged("validation loss", val["loss"], epoch, step, lr),
-                )
-            elif best_val is None or val["loss"] < best_val["loss"] - settings.min_delta:
-                best_val, best_epoch, stale_evaluations = val, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                state.status = "diverged"
+                state.message = _diverged("validation loss", val["loss"], epoch, step, lr)
+            elif (
+                state.best_val is None or val["loss"] < state.best_val["loss"] - settings.min_delta
+            ):
+                state.best_val, state.best_epoch, state.stale_evaluations = val, epoch, 0
+                state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
-                stale_evaluations += 1
+                state.stale_evaluations += 1
         scalars["epoch"] = epoch
-        rows.append(scalars)
+        state.rows.append(scalars)
+        state.epochs_finished = epoch
+        if state.status == "completed":
+            schedule.epoch_done(val["loss"] if val is not None else None)
+            if settings.patience is not None and state.stale_evaluations >= settings.patience:
+                state.status = "early_stopped"
+                state.message = (
+                    f"validation loss did not improve by more than {settings.min_delta:g} for "
+                    f"{state.stale_evaluations} evaluation(s); best was epoch {state.best_epoch}"
+                )
+        # Report, then checkpoint: a resume drops whatever was logged after its checkpoint.
         _emit(callbacks, "on_epoch_end", epoch, scalars)
-        if status != "completed":
-            break
-        schedule.epoch_done(val["loss"] if val is not None else None)
-        if settings.patience is not None and stale_evaluations >= settings.patience:
-            status = "early_stopped"
-            message = (
-                f"validation loss did not improve by more than {settings.min_delta:g} for "
-                f"{stale_evaluations} evaluation(s); best was epoch {best_epoch}"
-            )
+        checkpoint()
+        if stop_requested() and state.status == "completed" and epoch < settings.epochs:
+            state.status, state.message = "interrupted", f"stopped after epoch {epoch}"
 
-    if settings.restore_best and best_state is not None:
-        model.load_state_dict(best_state)
+    if state.status != "interrupted" and settings.restore_best and state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    rows = state.rows
     names = list(dict.fromkeys(name for row in rows for name in row))
     history = {name: [row.get(name) for row in rows] for name in names}  # None: not evaluated
     result = FitResult(
-        status, message, epoch, step, best_epoch, best_val, last_val, history, epoch_seconds
+        state.status,
+        state.message,
+        state.epochs_finished,
+        state.step,
+        state.best_epoch,
+        state.best_val,
+        state.last_val,
+        history,
+        state.epoch_seconds,
     )
     _emit(callbacks, "on_fit_end", result)
     return result

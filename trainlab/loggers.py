@@ -13,10 +13,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+from tensorboard.compat.proto import event_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from trainlab.engine import FitResult
+from trainlab.files import atomic_write
 from trainlab.optim import TrainingPlan
 
 
@@ -33,17 +37,26 @@ class TensorBoardLogger:
     """Scalars per logging interval (``train/*``) and per epoch (``epoch/*``), plus hparams.
 
     Events go straight into the run directory, so TensorBoard names each run after its folder
-    (for sweep members, the readable override string).
+    (for sweep members, the readable override string). A resumed run first drops whatever
+    was logged after its checkpoint, so no step is duplicated or missing.
     """
 
-    def __init__(self, run_dir: Path, hparams: Mapping[str, Any]) -> None:
+    def __init__(
+        self, run_dir: Path, hparams: Mapping[str, Any], resume_at: tuple[int, int] | None = None
+    ) -> None:
+        if resume_at is not None:
+            trim_events(run_dir, *resume_at)
         self.writer = SummaryWriter(log_dir=str(run_dir))
         # Only the session summaries, no experiment summary: TensorBoard then builds the
         # experiment from every run it sees, so the hparams that differ across a sweep are
         # flagged as such and every scalar can be a metric column. Written at the start, so the
-        # HParams dashboard lists the run while it trains.
+        # HParams dashboard lists the run while it trains (a resumed run kept its own).
         _, start, self._end = hparams_summaries(dict(hparams), {})
-        self.writer.file_writer.add_summary(start)
+        if resume_at is None:
+            self.writer.file_writer.add_summary(start)
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def on_log(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
@@ -62,6 +75,47 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _keep_event(event: event_pb2.Event, step: int, epochs: int) -> bool:
+    """Whether an event logged before a kill belongs to the run as checkpointed."""
+    if not event.HasField("summary") or not event.summary.value:
+        return True  # session logs and other bookkeeping
+    tag = event.summary.value[0].tag
+    if tag.startswith("train/"):
+        return event.step <= step
+    if tag.startswith("epoch/"):
+        return event.step <= epochs
+    return not (tag.startswith("final/") or tag == "_hparams_/session_end_info")
+
+
+def trim_events(run_dir: Path, step: int, epochs: int) -> None:
+    """Merge the run's event files into one that ends at ``step`` (``epochs`` finished).
+
+    TensorBoard's own purge works on one step axis, but ``epoch/*`` counts epochs: so the
+    events are filtered here, by tag, and the file replaced atomically.
+    """
+    paths = sorted(run_dir.glob("events.out.tfevents.*"))
+    if not paths:
+        return
+    records: list[bytes] = []
+    for index, path in enumerate(paths):
+        for raw in RawEventFileLoader(str(path)).Load():  # stops at a record cut by a kill
+            event = event_pb2.Event.FromString(raw)
+            if event.HasField("file_version"):
+                if index == 0:
+                    records.append(raw)
+            elif _keep_event(event, step, epochs):
+                records.append(raw)
+
+    def write(file) -> None:
+        writer = RecordWriter(file)
+        for raw in records:
+            writer.write(raw)
+
+    atomic_write(paths[0], write)
+    for path in paths[1:]:
+        path.unlink()
 
 
 class ConsoleLogger:

@@ -89,6 +89,8 @@ def read_optimizer(config: Mapping[str, Any]) -> OptimizerChoice:
     settings = {key: value for key, value in config.items() if key not in ("name", "full_batch")}
     settings = check_settings("optimizer", settings, OPTIMIZERS[name], supplied=_INTERNAL_KNOBS)
     positive("optimizer.lr", settings.get("lr", 1.0))
+    if "momentum" in settings:  # torch accepts any value; 1 or more never converges
+        fraction("optimizer.momentum", settings["momentum"], open_right=True)
     _LATE_CHECKS.get(OPTIMIZERS[name], lambda settings: None)(settings)
     if OPTIMIZERS[name] is torch.optim.LBFGS and not full_batch:
         log.warning(
@@ -119,6 +121,7 @@ class LRSchedule:
     scheduler: Any
     interval: Literal["step", "epoch"]
     monitors_val_loss: bool = False
+    sized_by_plan: bool = False  # its shape depends on the run's length (cosine, 1cycle)
 
     def step_done(self) -> None:
         if self.interval == "step":
@@ -202,7 +205,7 @@ def cosine(optimizer: torch.optim.Optimizer, plan: TrainingPlan, min_lr: float) 
     """Half a cosine from optimizer.lr down to min_lr over all the run's steps."""
     _min_lr_below_base(min_lr, optimizer)
     scheduler = lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.total_steps, eta_min=min_lr)
-    return LRSchedule(scheduler, "step")
+    return LRSchedule(scheduler, "step", sized_by_plan=True)
 
 
 def warmup_cosine(
@@ -221,7 +224,7 @@ def warmup_cosine(
         progress = min(1.0, (step - warmup) / decay_steps)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return LRSchedule(lr_scheduler.LambdaLR(optimizer, factor), "step")
+    return LRSchedule(lr_scheduler.LambdaLR(optimizer, factor), "step", sized_by_plan=True)
 
 
 def onecycle(
@@ -258,7 +261,7 @@ def onecycle(
         raise ConfigError(
             f"schedule=onecycle: {error} (set schedule.cycle_momentum=false)"
         ) from None
-    return LRSchedule(scheduler, "step")
+    return LRSchedule(scheduler, "step", sized_by_plan=True)
 
 
 def plateau(

@@ -21,9 +21,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import trainlab
+from trainlab.files import atomic_write, read_json, write_json
 
 # Keys that say where things are, not what the experiment is: left out of the config hash.
-RUNTIME_ONLY = ("dataset.root", "dataset.download")
+# Keys that change where or how a run executes, never its numbers.
+RUNTIME_ONLY = ("dataset.root", "dataset.download", "resume", "checkpoint", "cpu_threads")
 PACKAGES = ("trainlab", "torch", "torchvision", "hydra-core", "omegaconf", "tensorboard")
 
 
@@ -33,7 +35,9 @@ def config_hash(config: DictConfig) -> str:
     plain.pop("hydra", None)
     for dotted in RUNTIME_ONLY:
         group, _, key = dotted.partition(".")
-        if isinstance(plain.get(group), dict):
+        if not key:
+            plain.pop(group, None)
+        elif isinstance(plain.get(group), dict):
             plain[group].pop(key, None)
     text = json.dumps(plain, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -104,7 +108,7 @@ def record(
     code = code_version(source)
     diff = code.pop("diff")
     if diff:
-        (run_dir / "git_diff.patch").write_text(diff)
+        atomic_write(run_dir / "git_diff.patch", lambda file: file.write(diff.encode()))
     provenance = {
         "command": command,
         "config_hash": config_hash(config),
@@ -115,10 +119,33 @@ def record(
         "started_at": started_at,
         "finished_at": None,
     }
-    (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    write_json(run_dir / "provenance.json", provenance)
     return provenance
 
 
 def finish(run_dir: Path, provenance: dict[str, Any], finished_at: str) -> None:
     provenance["finished_at"] = finished_at
-    (run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    write_json(run_dir / "provenance.json", provenance)
+
+
+def record_resume(
+    run_dir: Path, config: DictConfig, command: list[str], started_at: str, from_step: int
+) -> dict[str, Any]:
+    """Add a resume (its command, host, code and step) to the run's provenance.json."""
+    provenance = read_json(run_dir / "provenance.json") or {}
+    source = Path(trainlab.__file__).resolve().parent.parent
+    code = code_version(source)
+    code.pop("diff")
+    provenance.setdefault("resumes", []).append(
+        {
+            "command": command,
+            "from_step": from_step,
+            "started_at": started_at,
+            "host": socket.gethostname(),
+            "code": {"version": trainlab.__version__, **code},
+        }
+    )
+    provenance["config_hash"] = config_hash(config)  # changes when epochs were extended
+    provenance["finished_at"] = None
+    write_json(run_dir / "provenance.json", provenance)
+    return provenance

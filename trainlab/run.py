@@ -5,7 +5,7 @@ Everything a user can get wrong is built and checked before any data is loaded.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import os
@@ -13,19 +13,28 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from trainlab.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
 from trainlab.data import DatasetSpec, InMemoryLoader, describe_dataset, load_dataset
-from trainlab.engine import FitSettings, fit
-from trainlab.errors import ConfigError
+from trainlab.engine import FitSettings, FitState, fit
+from trainlab.errors import ConfigError, UserError
+from trainlab.files import OutputError, atomic_write, read_json, write_json
 from trainlab.loggers import ConsoleLogger, TensorBoardLogger, make_console
 from trainlab.losses import build_loss
 from trainlab.metrics import PRIMARY_METRIC, evaluate, metric_names
@@ -37,9 +46,11 @@ from trainlab.optim import (
     build_schedule,
     read_optimizer,
 )
+from trainlab.provenance import RUNTIME_ONLY, record_resume
 from trainlab.provenance import finish as finish_provenance
 from trainlab.provenance import record as record_provenance
 from trainlab.regularizers import Penalty, build_regularizer
+from trainlab.resume import CHANGEABLE_ON_RESUME, differences
 from trainlab.settings import check_settings, non_negative, require, to_plain
 
 log = logging.getLogger("trainlab")
@@ -62,12 +73,21 @@ class RunSettings:
     channels_last: bool | Literal["auto"]
     compile: bool
     restore_best: bool
+    checkpoint: dict
+    resume: str | None
     early_stopping: dict
 
 
 def _early_stopping(enabled: bool, patience: int, min_delta: float) -> None:
     require(patience >= 1, f"early_stopping.patience must be >= 1, got {patience}")
     non_negative("early_stopping.min_delta", min_delta)
+
+
+def _checkpoint(enabled: bool, every_steps: int | None) -> None:
+    require(
+        every_steps is None or every_steps >= 1,
+        f"checkpoint.every_steps must be >= 1 or null, got {every_steps}",
+    )
 
 
 def read_run_settings(config: Mapping[str, Any]) -> RunSettings:
@@ -86,6 +106,7 @@ def read_run_settings(config: Mapping[str, Any]) -> RunSettings:
     )
     early = check_settings("early_stopping", settings.early_stopping, _early_stopping)
     _early_stopping(**early)
+    _checkpoint(**check_settings("checkpoint", settings.checkpoint, _checkpoint))
     return settings
 
 
@@ -118,25 +139,6 @@ def resolve_device(name: str) -> torch.device:
         )
         return device
     raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
-
-
-def _strict_json(value: Any) -> Any:
-    """NaN and infinities become null: strict JSON readers (jq, JavaScript) reject them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {key: _strict_json(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict_json(item) for item in value]
-    return value
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    text = json.dumps(_strict_json(data), indent=2, default=str, allow_nan=False)
-    temporary.write_text(text + "\n")
-    os.replace(temporary, path)
 
 
 def _now() -> str:
@@ -211,21 +213,22 @@ def _log_plan(config, settings, spec, optimizer_choice, batch_size, device) -> N
         )
 
 
-def run(
-    config: DictConfig,
-    run_dir: Path,
-    *,
-    swept: Mapping[str, Any] | None = None,
-    console: Console | None = None,
-    title: str = "trainlab",
-    command: list[str] | None = None,
-) -> dict[str, Any]:
-    """Run one experiment into ``run_dir``; return what metrics.json holds.
+@dataclass
+class Experiment:
+    """Everything built from a config before any data is loaded: building it checks it."""
 
-    ``swept`` adds hparams to compare by (the command-line overrides). Raises UserError for
-    anything the user can fix, before touching data whenever the config alone shows it.
-    """
-    started, clock = _now(), time.perf_counter()
+    settings: RunSettings
+    device: torch.device
+    spec: DatasetSpec
+    loss_fn: Any
+    optimizer_choice: OptimizerChoice
+    model: torch.nn.Module
+    channels_last: bool
+    training: tuple[int, torch.optim.Optimizer, LRSchedule, Penalty | None]
+
+
+def build_experiment(config: DictConfig) -> Experiment:
+    """Build and check every part of ``config``; raise UserError naming the first problem."""
     settings = read_run_settings(config)
     device = resolve_device(settings.device)
     spec = describe_dataset(config.dataset)
@@ -237,17 +240,147 @@ def run(
     network = build_model(config.model, spec)
     channels_last = _channels_last(settings.channels_last, device, network)
     model = for_device(network, device, settings.precision, channels_last, settings.compile)
-    training = _plan_training(config, settings, spec, optimizer_choice, model)  # checks them all
+    training = _plan_training(config, settings, spec, optimizer_choice, model)
+    return Experiment(
+        settings, device, spec, loss_fn, optimizer_choice, model, channels_last, training
+    )
+
+
+def _check_resumable(
+    saved: dict[str, Any], config: DictConfig, experiment: Experiment, path: Path
+) -> None:
+    """Refuse a checkpoint written for another experiment, or one with nothing left to do."""
+    plain = OmegaConf.to_container(config, resolve=True)
+    changed = differences(saved["config"], plain, ignore=(*CHANGEABLE_ON_RESUME, *RUNTIME_ONLY))
+    if changed:
+        raise CheckpointError(
+            f"{path} was written for another experiment: {'; '.join(changed[:4])}; resume it "
+            "with its own run folder's config or start a new run"
+        )
+    try:
+        experiment.model.load_state_dict(saved["model"])
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"{path} holds weights for another model ({str(error).splitlines()[-1].strip()}); "
+            "resume it with the config it was written for"
+        ) from None
+    state = saved["engine"]
+    epochs = experiment.settings.epochs
+    schedule = experiment.training[2]
+    if state["status"] != "completed":
+        raise UserError(
+            f"the run in {path.parent} already ended ({state['status']}); nothing to resume"
+        )
+    if state["epochs_finished"] > epochs:
+        raise UserError(
+            f"epochs={epochs} but the run in {path.parent} has already finished "
+            f"{state['epochs_finished']}; resume with epochs >= {state['epochs_finished']}"
+        )
+    if state["epochs_finished"] == epochs and state["epoch_steps"] == 0:
+        raise UserError(
+            f"the run in {path.parent} has finished all its {epochs} epochs; to train it further "
+            f"resume with a larger epochs=..."
+        )
+    if schedule.sized_by_plan and epochs != saved["config"]["epochs"]:
+        raise UserError(
+            f"schedule={config.schedule.name} is shaped by the run's length, so epochs cannot "
+            "change on resume; start a new run with the longer schedule"
+        )
+
+
+def _save_config_files(run_dir: Path, files: Mapping[str, Any]) -> None:
+    """Hydra's ``.hydra/`` record, written only once the config has passed every check."""
+    for name, content in files.items():
+        text = OmegaConf.to_yaml(content)
+        atomic_write(run_dir / ".hydra" / name, lambda file, text=text: file.write(text.encode()))
+
+
+def run(
+    config: DictConfig,
+    run_dir: Path,
+    *,
+    swept: Mapping[str, Any] | None = None,
+    console: Console | None = None,
+    title: str = "trainlab",
+    command: list[str] | None = None,
+    resume: bool = False,
+    stop_requested: Callable[[], bool] | None = None,
+    config_files: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one experiment into ``run_dir``; return what metrics.json holds.
+
+    ``swept`` adds hparams to compare by (the command-line overrides). ``resume`` continues
+    from ``run_dir``'s checkpoint. ``stop_requested`` is polled after every step: when true,
+    the run checkpoints and ends ``interrupted``. ``config_files`` go to ``run_dir/.hydra``
+    once the config has passed every check. Raises UserError for anything the user can fix,
+    before touching data or files whenever the config alone shows it.
+    """
+    started, clock = _now(), time.perf_counter()
+    experiment = build_experiment(config)
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    saved = load_checkpoint(checkpoint_path) if resume else None
+    if saved is not None:
+        _check_resumable(saved, config, experiment, checkpoint_path)
+        for leftover in run_dir.glob(".*.tmp"):  # a write the kill cut short
+            leftover.unlink(missing_ok=True)
 
     metrics_path = run_dir / "metrics.json"
+    previous = read_json(metrics_path) if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(metrics_path, {"status": "running", "started_at": started})
-    provenance = record_provenance(run_dir, config, list(command or sys.argv), started)
+    if config_files:
+        _save_config_files(run_dir, config_files)
+    if previous:
+        started = previous.get("started_at", started)
+    write_json(metrics_path, {"status": "running", "started_at": started, "pid": os.getpid()})
+    try:
+        return _train(
+            config, experiment, run_dir, saved, started, clock,
+            swept=swept, console=console, title=title,
+            command=list(command or sys.argv), stop_requested=stop_requested,
+        )  # fmt: skip
+    except BaseException as error:  # record why the run ended, then let the caller report it
+        if isinstance(error, KeyboardInterrupt):
+            status, message = "interrupted", "stopped by Ctrl-C or SIGTERM before a checkpoint"
+        elif isinstance(error, UserError):
+            status, message = "failed", str(error)
+        else:
+            status, message = "failed", f"{type(error).__name__}: {error}"
+        with contextlib.suppress(OutputError):  # a full disk may refuse this too
+            write_json(metrics_path, {"status": status, "error": message, "started_at": started})
+        raise
+
+
+def _train(
+    config: DictConfig,
+    experiment: Experiment,
+    run_dir: Path,
+    saved: dict[str, Any] | None,
+    started: str,
+    clock: float,
+    *,
+    swept: Mapping[str, Any] | None,
+    console: Console | None,
+    title: str,
+    command: list[str],
+    stop_requested: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    settings, device, spec = experiment.settings, experiment.device, experiment.spec
+    model, loss_fn, optimizer_choice = (
+        experiment.model,
+        experiment.loss_fn,
+        experiment.optimizer_choice,
+    )
+    training = experiment.training
+    metrics_path = run_dir / "metrics.json"
+    if saved is None:
+        provenance = record_provenance(run_dir, config, command, started)
+    else:
+        provenance = record_resume(run_dir, config, command, _now(), saved["engine"]["step"])
     data = load_dataset(config.dataset)
     if data.spec != spec:  # sizes known only now (a smaller copy of the files, say)
         spec = data.spec
         training = _plan_training(config, settings, spec, optimizer_choice, model)
-    if channels_last and hasattr(data.prepare, "channels_last"):
+    if experiment.channels_last and hasattr(data.prepare, "channels_last"):
         data.prepare.channels_last = True
     data = data.to(device)
     batch_size, optimizer, schedule, penalty = training
@@ -255,10 +388,19 @@ def run(
     loader = InMemoryLoader(
         data.train, batch_size, shuffle=True, seed=settings.seed, prepare=data.prepare
     )
+    state = None
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.scheduler.load_state_dict(saved["schedule"])
+        loader.load_state_dict(saved["loader"])
+        state = FitState.from_state_dict(saved["engine"], device)
+        restore_rng_states(saved["rng"])
+        log.info("resuming %s at epoch %d, step %d", run_dir, state.epochs_finished + 1, state.step)
     names = metric_names(spec)
     primary = PRIMARY_METRIC[spec.task]
     hparams = _hparams(config, spec, batch_size, to_plain(swept or {}))
-    tensorboard = TensorBoardLogger(run_dir, hparams)
+    resume_at = (state.step, state.epochs_finished) if state is not None else None
+    tensorboard = TensorBoardLogger(run_dir, hparams, resume_at)
     console_logger = ConsoleLogger(console or make_console(), title)
     early = settings.early_stopping
     fit_settings = FitSettings(
@@ -268,7 +410,23 @@ def run(
         patience=early["patience"] if early["enabled"] else None,
         min_delta=early["min_delta"],
         restore_best=settings.restore_best,
+        checkpoint_every_steps=settings.checkpoint["every_steps"],
     )
+    plain_config = OmegaConf.to_container(config, resolve=True)
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+
+    def save(fit_state: FitState) -> None:
+        tensorboard.flush()  # events up to the checkpoint are on disk before it is
+        parts = {
+            "config": plain_config,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.scheduler.state_dict(),
+            "loader": loader.state_dict(),
+            "engine": fit_state.state_dict(),
+            "rng": rng_states(),
+        }
+        save_checkpoint(checkpoint_path, parts)
 
     def evaluate_split(split):
         return evaluate(model, loss_fn, split, spec, settings.eval_batch_size, data.prepare)
@@ -285,7 +443,12 @@ def run(
             lambda: evaluate_split(data.val),
             fit_settings,
             [tensorboard, console_logger],
+            state=state,
+            save_checkpoint=save if settings.checkpoint["enabled"] else None,
+            stop_requested=stop_requested or (lambda: False),
         )
+        if result.status == "interrupted":
+            return _interrupted(run_dir, result, started, settings.checkpoint["enabled"])
         # The weights that end the run: the best ones when restored, else the last ones (not
         # worth testing if they diverged). "val" always describes the same weights as "test".
         restored = settings.restore_best and result.best_val is not None
@@ -320,6 +483,7 @@ def run(
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "config_hash": provenance["config_hash"],
+            "resumes": len(provenance.get("resumes", [])),
             "wall_time_s": time.perf_counter() - clock,
         }
         flat = {f"test_{k}": v for k, v in (test or {}).items()}
@@ -337,4 +501,26 @@ def run(
         "%s%s -> %s", result.status, f": {result.message}" if result.message else "", metrics_path
     )
     console_logger.summary(metrics, run_dir)
+    return metrics
+
+
+def _interrupted(run_dir: Path, result: Any, started: str, checkpointed: bool) -> dict[str, Any]:
+    """metrics.json for a run stopped by a signal: how far it got and how to continue."""
+    how = (
+        f"continue it with: trainlab resume={run_dir}"
+        if checkpointed
+        else "checkpoint.enabled=false, so it cannot be resumed"
+    )
+    metrics = {
+        "status": "interrupted",
+        "message": f"{result.message}; {how}",
+        "epochs_run": result.epochs_run,
+        "steps": result.steps,
+        "history": result.history,
+        "started_at": started,
+        "interrupted_at": _now(),
+        "pid": os.getpid(),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    log.info("interrupted: %s", metrics["message"])
     return metrics

@@ -1,16 +1,31 @@
-"""The end of a multirun: one table comparing every member, and a non-zero exit if any failed."""
+"""Sweeps: every member checked before any runs, and one table comparing them at the end.
+
+Before a basic sweep starts, :func:`preflight` composes and checks every member's config,
+refuses the sweep if any is invalid (listing each with the reason), and says what a re-run
+into the same folder will do (``12 runs: 9 done, 2 resume, 1 rerun``).
+"""
 
 from __future__ import annotations
 
+import copy
+import sys
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 from rich.table import Table
 
+from trainlab.errors import UserError
 from trainlab.loggers import make_console
+from trainlab.preflight import Compose, explain
 from trainlab.report import Run, find_runs
+from trainlab.resume import plan_run
+from trainlab.run import build_experiment
 
 
 def summary_table(runs: list[Run], title: str) -> Table:
@@ -62,3 +77,72 @@ class SweepSummary(Callback):
         if failed:
             console.print(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
             raise SystemExit(1)
+
+
+def _task_config(member: DictConfig) -> DictConfig:
+    """A member's config as the task function sees it: without the hydra node."""
+    task = copy.deepcopy(member)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def check_members(members: Sequence[list[str]], compose: Compose) -> tuple[Counter, list[str]]:
+    """Compose and check every member; return what each will do and the invalid ones."""
+    actions: Counter = Counter()
+    problems: list[str] = []
+    for index, overrides in enumerate(members):
+        name = ",".join(o for o in overrides if not o.startswith("hydra.")) or f"run{index}"
+        try:
+            member = compose(list(overrides))
+        except Exception as error:  # Hydra composition: unknown option or key, bad syntax
+            problems.append(f"{name}: {explain(error, list(overrides), compose)}")
+            continue
+        try:
+            with read_write(member), open_dict(member):
+                member.hydra.job.num = index
+            run_dir = Path(member.hydra.sweep.dir) / str(member.hydra.sweep.subdir)
+            task = _task_config(member)
+            build_experiment(task)
+            action, _ = plan_run(task, run_dir, list(overrides), multirun=True)
+            actions[action] += 1
+        except UserError as error:
+            problems.append(f"{name}: {error}")
+    return actions, problems
+
+
+def describe_actions(actions: Counter) -> str:
+    total = sum(actions.values())
+    parts = [f"{actions[a]} {a}" for a in ("done", "resume", "rerun", "new") if actions[a]]
+    return f"{total} runs: {', '.join(parts)}"
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_members(config: DictConfig, overrides: list[str]) -> list[list[str]] | None:
+    """Each member's overrides, as Hydra's basic sweeper will expand them (its
+    ``hydra.sweeper.params`` first); None for other sweepers (Optuna picks members as it goes).
+    """
+    sweeper = config.hydra.sweeper
+    if sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *overrides])
+    return [
+        list(member) for batch in BasicSweeper.split_arguments(parsed, None) for member in batch
+    ]
+
+
+def preflight(members: Sequence[list[str]], compose: Compose) -> str | None:
+    """Check every member before any runs: print the plan, or the invalid members and a line."""
+    actions, problems = check_members(members, compose)
+    if problems:
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return (
+            f"{len(problems)} of {len(members)} sweep members are invalid (listed above); "
+            "nothing was run. Fix them and run the sweep again"
+        )
+    print(f"trainlab: {describe_actions(actions)}", flush=True)
+    return None

@@ -9,9 +9,9 @@ folder and moved into place only when complete, so a failed download leaves noth
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
-import os
 import pickle
 import shutil
 import tempfile
@@ -24,6 +24,7 @@ import torch
 import torchvision
 
 from trainlab.errors import UserError
+from trainlab.files import OutputError, atomic_write
 
 log = logging.getLogger("trainlab")
 CACHE_FORMAT = 3
@@ -202,17 +203,11 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
 def _write_cache(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Atomic: concurrent runs each write their own temporary file, the last rename wins."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as file:
-            torch.save(tensors, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(file.name, 0o644)  # shared like the data it caches
-        os.replace(file.name, path)
-    except OSError as error:
-        log.warning(
-            "could not cache the decoded dataset at %s (%s); continuing without", path, error
-        )
+        buffer = io.BytesIO()  # serialized first: a failing write is then a plain OSError
+        torch.save(tensors, buffer)
+        atomic_write(path, lambda file: file.write(buffer.getbuffer()))
+    except OutputError as error:
+        log.warning("%s; continuing without a dataset cache", error)
 
 
 def _fingerprint(source: ImageSource, found: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -14,6 +15,8 @@ class InMemoryLoader:
     """Yields ``(inputs, targets)`` batches from one split, reshuffled every epoch.
 
     A batch size at least the split size means full batch: the whole split, unshuffled, once.
+    The data order is resumable: :meth:`state_dict` taken mid-epoch, loaded into a new loader,
+    yields exactly the batches the first one had left (augmented with the same random draws).
     """
 
     def __init__(
@@ -31,20 +34,53 @@ class InMemoryLoader:
         self.shuffle = shuffle and self.batch_size < len(split)
         self.generator = torch.Generator(device=split.inputs.device)
         self.generator.manual_seed(seed)
+        self.epoch_start = self.generator.get_state()  # draws the current epoch's order
+        self.position = 0  # batches handed out in the current epoch
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "epoch_start": self.epoch_start,
+            "position": self.position,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.epoch_start = state["epoch_start"]
+        self.position = state["position"]
+
+    def _order(self) -> torch.Tensor:
+        device = self.split.inputs.device
+        if self.position == 0:  # a new epoch
+            self.epoch_start = self.generator.get_state()
+            return torch.randperm(len(self.split), generator=self.generator, device=device)
+        # Resuming mid-epoch: draw the same order again from a copy of the epoch's start state;
+        # self.generator already stands where the interrupted epoch left it.
+        replay = torch.Generator(device=device)
+        replay.set_state(self.epoch_start)
+        return torch.randperm(len(self.split), generator=replay, device=device)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         inputs, targets = self.split.inputs, self.split.targets
+        start = self.position * self.batch_size
+        if start >= len(self.split):  # resumed after the epoch's last batch
+            self.position = 0
+            return
         if self.shuffle:
-            order = torch.randperm(len(self.split), generator=self.generator, device=inputs.device)
+            order = self._order()[start:]
             batches = ((inputs[i], targets[i]) for i in order.split(self.batch_size))
         else:
             batches = zip(
-                inputs.split(self.batch_size), targets.split(self.batch_size), strict=True
+                inputs[start:].split(self.batch_size),
+                targets[start:].split(self.batch_size),
+                strict=True,
             )
         for batch_inputs, batch_targets in batches:
             if self.prepare is not None:  # training batches: augmented with the loader's generator
                 batch_inputs = self.prepare(batch_inputs, self.generator)
+            self.position += 1  # before yielding: a checkpoint taken now counts this batch
             yield batch_inputs, batch_targets
+        self.position = 0

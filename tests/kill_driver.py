@@ -1,0 +1,69 @@
+"""Run the real ``trainlab`` CLI and kill it at a chosen point, as a crash or a user would.
+
+python tests/kill_driver.py --after-batches N [--signal KILL|INT|TERM] [--in-checkpoint-write K] -- ARGS
+
+``--after-batches N``: send the signal (``--times`` times) when the training loader is asked
+for batch N + 1 (counted over the whole process, so across sweep members too). ``--in-checkpoint-write K``:
+SIGKILL halfway through writing the K-th checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import trainlab.checkpoint
+from trainlab.cli import main
+from trainlab.data.loader import InMemoryLoader
+
+
+def _patch_loader(after: int, number: int, times: int) -> None:
+    original = InMemoryLoader.__iter__
+    count = {"batches": 0}
+
+    def counting(self):
+        for batch in original(self):
+            if count["batches"] == after:
+                for _ in range(times):  # a second signal lands before the step is done
+                    os.kill(os.getpid(), number)
+            count["batches"] += 1
+            yield batch
+
+    InMemoryLoader.__iter__ = counting
+
+
+def _patch_checkpoint(kill_at: int) -> None:
+    original = trainlab.checkpoint.atomic_write
+    count = {"writes": 0}
+
+    def half_then_kill(path, write, *args, **kwargs):
+        count["writes"] += 1
+        if count["writes"] != kill_at:
+            return original(path, write, *args, **kwargs)
+
+        def half(file) -> None:
+            write(file)
+            file.truncate(file.tell() // 2)
+            file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        return original(path, half, *args, **kwargs)
+
+    trainlab.checkpoint.atomic_write = half_then_kill
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--after-batches", type=int)
+    parser.add_argument("--signal", default="KILL")
+    parser.add_argument("--in-checkpoint-write", type=int)
+    parser.add_argument("--times", type=int, default=1)
+    options, rest = parser.parse_known_args()
+    if options.after_batches is not None:
+        _patch_loader(options.after_batches, getattr(signal, f"SIG{options.signal}"), options.times)
+    if options.in_checkpoint_write is not None:
+        _patch_checkpoint(options.in_checkpoint_write)
+    sys.argv = ["trainlab", *[a for a in rest if a != "--"]]
+    main()

@@ -1,0 +1,161 @@
+"""Runs that survive: SIGKILL anywhere then resume equals the uninterrupted run bit for bit;
+SIGTERM and Ctrl-C checkpoint and stop; a sweep re-run skips, resumes and reruns members."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from tests.helpers import ENV, REPO, TINY, run_cli
+from trainlab.checkpoint import load_checkpoint
+
+# 4 steps per epoch, 12 in all; train/* every 2 steps; a checkpoint every 3 steps and epoch.
+RUN = (*TINY, "model.dropout=0.2", "log_every_steps=2", "checkpoint.every_steps=3")
+VOLATILE = {"epoch_seconds", "started_at", "finished_at", "wall_time_s", "pid", "resumes", "host"}
+
+
+def drive(*args: str, cwd: Path, **kill: object) -> subprocess.CompletedProcess:
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in kill.items()]
+    return subprocess.run(
+        [sys.executable, str(REPO / "tests" / "kill_driver.py"), *options, "--", *args],
+        cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    found: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag.split("/")[0] in ("train", "epoch", "final"):
+                    found[value.tag].append((event.step, value.tensor.float_val[0]))
+    return dict(found)
+
+
+def outcome(run_dir: Path) -> tuple[dict, dict]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    return {k: v for k, v in metrics.items() if k not in VOLATILE}, state
+
+
+def assert_same_run(resumed: Path, reference: Path) -> None:
+    metrics, state = outcome(resumed)
+    expected_metrics, expected_state = outcome(reference)
+    assert metrics == expected_metrics
+    for part in ("model",):
+        for key, tensor in expected_state[part].items():
+            assert torch.equal(state[part][key], tensor), key
+    for key, tensor in expected_state["engine"]["best_state"].items():
+        assert torch.equal(state["engine"]["best_state"][key], tensor), key
+    assert scalars(resumed) == scalars(reference)  # no step duplicated, missing or changed
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    result = run_cli(*RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "kill",
+    [
+        {"after_batches": 5},  # mid-epoch 2, after the step-3 checkpoint
+        {"after_batches": 8},  # right after epoch 2's checkpoint
+        {"after_batches": 10},  # mid-epoch 3
+        {"in_checkpoint_write": 3},  # during a checkpoint write: the previous one survives
+    ],
+    ids=lambda kill: ",".join(f"{k}={v}" for k, v in kill.items()),
+)
+def test_sigkill_then_resume_equals_the_uninterrupted_run(kill, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    killed = drive(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path, **kill)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"
+    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert not list(run_dir.glob(".*.tmp"))  # what the kill left half-written is gone
+    assert_same_run(run_dir, reference)
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert len(provenance["resumes"]) == 1 and provenance["finished_at"]
+
+
+@pytest.mark.parametrize("name", ["TERM", "INT"])
+def test_sigterm_and_ctrl_c_finish_the_step_checkpoint_and_stop(name, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    stopped = drive(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path, after_batches=6, signal=name)
+    assert stopped.returncode == 130, stopped.stderr
+    assert f"interrupted by SIG{name}" in stopped.stderr and "Traceback" not in stopped.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["steps"] == 7  # step 7 finished
+    assert f"trainlab resume={run_dir}" in metrics["message"]
+    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_dir, reference)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    """The first Ctrl-C waits for the step to end; a second does not wait for anything."""
+    run_dir = tmp_path / "run"
+    stopped = drive(
+        *RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path, after_batches=6, times=2, signal="INT"
+    )
+    assert stopped.returncode == 130, stopped.stderr
+    assert stopped.stderr.strip().splitlines() == [
+        f"trainlab: interrupted; {run_dir} is marked interrupted"
+    ]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and "before a checkpoint" in metrics["error"]
+    assert load_checkpoint(run_dir / "checkpoint.pt")["engine"]["step"] == 6  # epoch 2's 2nd step
+    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_resume_may_extend_epochs(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    longer = run_cli(f"resume={run_dir}", "epochs=5", "early_stopping.enabled=false", cwd=tmp_path)
+    assert longer.returncode == 2 and "changes early_stopping.enabled" in longer.stderr
+    longer = run_cli(f"resume={run_dir}", "epochs=5", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 5 and metrics["steps"] == 20
+    assert "epochs: 5" in (run_dir / ".hydra" / "config.yaml").read_text()
+    assert [step for step, _ in scalars(run_dir)["epoch/train_loss"]] == [1, 2, 3, 4, 5]
+
+
+def test_a_sweep_interrupted_halfway_resumes_where_it_stopped(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = ("-m", "optimizer.lr=0.01,0.02,0.03,0.04", *RUN, f"hydra.sweep.dir={sweep}")
+    # 12 batches per member: stop the third member after its 6th step.
+    stopped = drive(*command, cwd=tmp_path, after_batches=30, signal="INT")
+    assert stopped.returncode == 130, stopped.stderr
+    assert "4 runs: 4 new" in stopped.stdout
+    members = sorted(p for p in sweep.iterdir() if p.is_dir())
+    statuses = [json.loads((m / "metrics.json").read_text())["status"] for m in members]
+    assert statuses == ["completed", "completed", "interrupted"]
+    first = (members[0] / "metrics.json").read_bytes()
+    # Mark the second as failed: a re-run runs it again from scratch.
+    failed = json.loads((members[1] / "metrics.json").read_text())
+    failed["status"] = "failed"
+    (members[1] / "metrics.json").write_text(json.dumps(failed))
+
+    again = run_cli(*command, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "4 runs: 1 done, 1 resume, 1 rerun, 1 new" in again.stdout
+    members = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert (members[0] / "metrics.json").read_bytes() == first  # skipped, untouched
+    for member in members:
+        assert json.loads((member / "metrics.json").read_text())["status"] == "completed"
+        steps = [step for step, _ in scalars(member)["train/loss"]]
+        assert steps == [2, 4, 6, 8, 10, 12], (member.name, steps)  # nothing duplicated

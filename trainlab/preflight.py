@@ -1,0 +1,63 @@
+"""Check command lines before anything runs: one line per problem, with a did-you-mean.
+
+Hydra's own composition errors are several lines long and name no likely fix; these turn
+them into ``loss=hubr: no such option; did you mean huber?``. A sweep composes and checks
+every member this way before its first member starts (see trainlab.sweep).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable
+
+from hydra.errors import MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+
+Compose = Callable[[list[str]], DictConfig]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` did you mean X?`` for the closest choice, or nothing when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _missing_option(error: MissingConfigException) -> str:
+    group, _, name = (error.missing_cfg_file or "").rpartition("/")
+    options = list(error.options or [])
+    key = f"+{group}" if group == "experiment" else group
+    return (
+        f"{key}={name}: no such option{did_you_mean(name, options)} (options: {', '.join(options)})"
+    )
+
+
+def _unknown_key(key: str, overrides: list[str], compose: Compose) -> str:
+    parent, _, leaf = key.rpartition(".")
+    without = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        node = compose(without)
+        keys = OmegaConf.select(node, parent) if parent else node
+    except Exception:
+        keys = None
+    known = [str(k) for k in keys if k != "hydra"] if isinstance(keys, DictConfig) else []
+    close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+    where = (
+        f"{parent}={keys.get('name')}" if parent and isinstance(keys, DictConfig) else "the config"
+    )
+    listing = f" ({where} has: {', '.join(known)})" if known else ""
+    return f"{key}: no such key{hint}{listing}"
+
+
+def explain(error: Exception, overrides: list[str], compose: Compose) -> str:
+    """One line saying which override is wrong and what was probably meant."""
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
+        return _missing_option(error)
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    if isinstance(error, OverrideParseException):
+        return f"{first_line} (write overrides as key=value, e.g. optimizer.lr=0.01)"
+    match = re.match(r"Could not override '([^']+)'", first_line)
+    if match:
+        return _unknown_key(match.group(1), overrides, compose)
+    return first_line

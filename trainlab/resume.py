@@ -1,0 +1,173 @@
+"""What to do with a run folder that already exists: skip it, resume it, or run it again.
+
+A run folder holds ``.hydra/config.yaml`` (what it runs), ``metrics.json`` (how far it got)
+and ``checkpoint.pt`` (where to continue). ``trainlab resume=DIR`` and a sweep re-run into
+the same folder both decide from these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainlab.checkpoint import CHECKPOINT_NAME
+from trainlab.errors import UserError
+from trainlab.files import read_json
+from trainlab.provenance import RUNTIME_ONLY, config_hash
+
+FINISHED = ("completed", "early_stopped", "diverged")
+# What a resume may change: none of them alters the numbers already computed.
+CHANGEABLE_ON_RESUME = ("epochs", "device", "cpu_threads", "checkpoint.every_steps")
+RunState = Literal["new", "done", "resume", "rerun"]
+
+
+def run_state(run_dir: Path) -> RunState:
+    """``done``: finished; ``resume``: stopped with a checkpoint; ``rerun``: failed, or
+    stopped before its first checkpoint; ``new``: nothing there yet."""
+    metrics = read_json(run_dir / "metrics.json")
+    if metrics is None:
+        return "rerun" if (run_dir / CHECKPOINT_NAME).exists() else "new"
+    if metrics.get("status") in FINISHED:
+        return "done"
+    if metrics.get("status") in ("running", "interrupted") and (run_dir / CHECKPOINT_NAME).exists():
+        return "resume"
+    return "rerun"
+
+
+def saved_config(run_dir: Path) -> DictConfig:
+    """The config a run folder was started with (``.hydra/config.yaml``)."""
+    if not run_dir.is_dir():
+        raise UserError(f"resume={run_dir}: no such run folder; give the folder of an earlier run")
+    path = run_dir / ".hydra" / "config.yaml"
+    try:
+        config = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise UserError(
+            f"resume={run_dir}: no trainlab run there (no .hydra/config.yaml); give the "
+            "folder of an earlier run, e.g. outputs/runs/<date>/<time>"
+        ) from None
+    except Exception as error:
+        raise UserError(f"{path} is unreadable ({error}); the run cannot be resumed") from None
+    if not isinstance(config, DictConfig):
+        raise UserError(f"{path} is not a config mapping; the run cannot be resumed")
+    return config
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer.lr": 0.01, ...}`` from nested mappings."""
+    if not isinstance(value, Mapping):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def differences(
+    saved: Mapping[str, Any], given: Mapping[str, Any], ignore: Iterable[str] = ()
+) -> list[str]:
+    """``key (saved X, given Y)`` for every key whose value differs, ``ignore`` aside."""
+    ignored = tuple(ignore)
+    old, new = flatten(saved), flatten(given)
+    found = []
+    for key in sorted(old.keys() | new.keys()):
+        if any(key == name or key.startswith(f"{name}.") for name in ignored):
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            found.append(
+                f"{key} (run has {old.get(key, '<absent>')}, given {new.get(key, '<absent>')})"
+            )
+    return found
+
+
+def override_keys(overrides: Iterable[str]) -> list[str]:
+    """The config keys (or groups) a list of command-line overrides sets."""
+    keys = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "=" in override and not key.startswith("hydra.") and key != "resume":
+            keys.append(key.replace("/", "."))
+    return keys
+
+
+def config_for_resume(run_dir: Path, given: DictConfig, overrides: list[str]) -> DictConfig:
+    """The saved config, with the changeable keys the command line set; refuse any other change."""
+    saved = saved_config(run_dir)
+    changed = []
+    merged = OmegaConf.create(OmegaConf.to_container(saved, resolve=True))
+    for key in override_keys(overrides):
+        if key == "experiment":
+            changed.append("+experiment (a preset cannot change a run that exists)")
+            continue
+        given_value = OmegaConf.select(given, key, default=None)
+        saved_value = OmegaConf.select(saved, key, default=None)
+        if isinstance(given_value, DictConfig):  # a group: compare the whole option
+            given_plain = OmegaConf.to_container(given_value, resolve=True)
+            saved_plain = OmegaConf.to_container(saved_value, resolve=True) if saved_value else None
+            if given_plain == saved_plain:
+                continue
+            given_value = given_plain.get("name", given_plain)
+            saved_value = (saved_plain or {}).get("name", saved_plain)
+        elif given_value == saved_value:
+            continue
+        if key in CHANGEABLE_ON_RESUME:
+            OmegaConf.update(merged, key, given_value)
+            continue
+        changed.append(f"{key} (run has {saved_value}, given {given_value})")
+    if changed:
+        raise UserError(
+            f"resume={run_dir} continues the run with its own config, but the command line "
+            f"changes {'; '.join(changed)}: drop those overrides, or start a new run (a resume "
+            f"may change only {', '.join(CHANGEABLE_ON_RESUME)})"
+        )
+    merged.resume = None
+    return merged
+
+
+ATTEMPT_FILES = ("metrics.json", "provenance.json", "git_diff.patch", CHECKPOINT_NAME)
+
+
+def clear_attempt(run_dir: Path) -> None:
+    """Remove a failed attempt's results before running it again (its log stays)."""
+    for path in [*run_dir.glob("events.out.tfevents.*"), *(run_dir / n for n in ATTEMPT_FILES)]:
+        path.unlink(missing_ok=True)
+
+
+def plan_run(
+    config: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
+) -> tuple[str, DictConfig]:
+    """What running ``config`` into ``run_dir`` does: new, done, resume or rerun (the caller
+    clears a failed attempt first).
+
+    Never touches a finished run: a single run refuses a folder that holds one, and a sweep
+    member that finished is skipped.
+    """
+    if config.get("resume") is not None:
+        if multirun:
+            raise UserError(
+                "resume= takes one run folder; to resume a sweep, run the same sweep command "
+                "again with hydra.sweep.dir=<its folder>"
+            )
+        return "resume", config_for_resume(Path(config.resume), config, overrides)
+    state = run_state(run_dir)
+    if state == "new":
+        return state, config
+    if not multirun:
+        status = (read_json(run_dir / "metrics.json") or {}).get("status", "unfinished")
+        raise UserError(
+            f"{run_dir} already holds a run ({status}); continue it with resume={run_dir}, "
+            "or choose another hydra.run.dir"
+        )
+    if (run_dir / ".hydra" / "config.yaml").exists():
+        saved = saved_config(run_dir)
+        if config_hash(saved) != config_hash(config):
+            plain = [OmegaConf.to_container(c, resolve=True) for c in (saved, config)]
+            changed = differences(*plain, ignore=RUNTIME_ONLY)
+            raise UserError(
+                f"{run_dir} holds a run of another config ({'; '.join(changed[:3])}); "
+                "sweep into a new hydra.sweep.dir"
+            )
+    return state, config
