@@ -4,7 +4,9 @@ python tests/kill_driver.py --after-batches N [--signal KILL|INT|TERM] [--in-che
 
 ``--after-batches N``: send the signal (``--times`` times) when the training loader is asked
 for batch N + 1 (counted over the whole process, so across sweep members too). ``--in-checkpoint-write K``:
-SIGKILL halfway through writing the K-th checkpoint.
+SIGKILL halfway through writing the K-th checkpoint. ``--fake-submitit FILE``: install a
+SIGUSR2 handler as submitit does on SLURM; it writes the step of the checkpoint on disk to FILE
+(what a requeued job would resume from) and exits as submitit does after requeueing.
 """
 
 from __future__ import annotations
@@ -54,15 +56,30 @@ def _patch_checkpoint(kill_at: int) -> None:
     trainlab.checkpoint.atomic_write = half_then_kill
 
 
+def _fake_submitit(record: str) -> None:
+    def requeue(number, frame) -> None:
+        from pathlib import Path
+
+        checkpoints = list(Path.cwd().rglob("checkpoint.pt"))
+        step = trainlab.checkpoint.load_checkpoint(checkpoints[0])["engine"]["step"]
+        Path(record).write_text(f"requeued at step {step}\n")
+        sys.exit(-1)  # submitit's SignalHandler._exit
+
+    signal.signal(signal.SIGUSR2, requeue)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--after-batches", type=int)
     parser.add_argument("--signal", default="KILL")
     parser.add_argument("--in-checkpoint-write", type=int)
     parser.add_argument("--times", type=int, default=1)
+    parser.add_argument("--fake-submitit")
     options, rest = parser.parse_known_args()
     if options.after_batches is not None:
         _patch_loader(options.after_batches, getattr(signal, f"SIG{options.signal}"), options.times)
+    if options.fake_submitit is not None:
+        _fake_submitit(options.fake_submitit)
     if options.in_checkpoint_write is not None:
         _patch_checkpoint(options.in_checkpoint_write)
     sys.argv = ["trainlab", *[a for a in rest if a != "--"]]

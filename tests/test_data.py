@@ -87,3 +87,29 @@ def test_full_batch_loader_yields_the_whole_split_once():
     split = Split(torch.arange(20).float().unsqueeze(1), torch.arange(20))
     batches = list(InMemoryLoader(split, batch_size=1000, shuffle=True, seed=0))
     assert len(batches) == 1 and torch.equal(batches[0][1], torch.arange(20))
+
+
+def _noisy(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """An augmentation that draws from the loader's generator, as flips and shifts do."""
+    return batch + torch.rand(batch.shape, generator=generator)
+
+
+@pytest.mark.parametrize("stop_after", [0, 3, 7, 8])
+def test_a_loader_restored_mid_epoch_yields_exactly_the_batches_left(stop_after):
+    split = Split(torch.arange(50.0).reshape(25, 2), torch.arange(25))
+    first = InMemoryLoader(split, 3, shuffle=True, seed=4, prepare=_noisy)
+    expected = [list(first) for _ in range(3)]  # three epochs, uninterrupted
+
+    second = InMemoryLoader(split, 3, shuffle=True, seed=4, prepare=_noisy)
+    list(second)  # epoch 1
+    batches = iter(second)
+    seen = [next(batches) for _ in range(stop_after)]
+    resumed = InMemoryLoader(split, 3, shuffle=True, seed=99, prepare=_noisy)  # seed replaced
+    resumed.load_state_dict(second.state_dict())
+    got = [seen + list(resumed), list(resumed)]
+    for got_epoch, expected_epoch in zip(got, expected[1:], strict=True):
+        assert len(got_epoch) == len(expected_epoch) == 9
+        for (inputs, targets), (want_inputs, want_targets) in zip(
+            got_epoch, expected_epoch, strict=True
+        ):
+            assert torch.equal(inputs, want_inputs) and torch.equal(targets, want_targets)

@@ -4,6 +4,7 @@ SIGTERM and Ctrl-C checkpoint and stop; a sweep re-run skips, resumes and reruns
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,8 +15,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from tests.helpers import ENV, REPO, TINY, run_cli
+from tests.helpers import ENV, REPO, TINY, compose_config, run_cli
 from trainlab.checkpoint import load_checkpoint
+from trainlab.run import run
+
+CONF = REPO / "conf"
 
 # 4 steps per epoch, 12 in all; train/* every 2 steps; a checkpoint every 3 steps and epoch.
 RUN = (*TINY, "model.dropout=0.2", "log_every_steps=2", "checkpoint.every_steps=3")
@@ -104,6 +108,25 @@ def test_sigterm_and_ctrl_c_finish_the_step_checkpoint_and_stop(name, reference,
     assert_same_run(run_dir, reference)
 
 
+def test_a_submitit_preemption_checkpoints_then_requeues_and_the_requeued_job_resumes(
+    reference, tmp_path
+):
+    """submitit's protocol: SIGUSR2 before a preemption; its handler requeues the job and exits.
+    trainlab finishes the step and checkpoints first; the requeued job (the same command) resumes.
+    """
+    sweep, record = tmp_path / "sweep", tmp_path / "requeued.txt"
+    command = ("-m", "seed=0", *RUN, f"hydra.sweep.dir={sweep}")
+    preempted = drive(*command, cwd=tmp_path, after_batches=5, signal="USR2", fake_submitit=record)
+    assert preempted.returncode == 255, preempted.stderr  # submitit's sys.exit(-1)
+    assert record.read_text() == "requeued at step 6\n"  # the checkpoint came first
+    [member] = [p for p in sweep.iterdir() if p.is_dir()]
+    assert json.loads((member / "metrics.json").read_text())["status"] == "interrupted"
+    requeued = run_cli(*command, cwd=tmp_path)
+    assert requeued.returncode == 0, requeued.stderr
+    assert "1 run: 1 resume" in requeued.stdout
+    assert_same_run(member, reference)
+
+
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
     """The first Ctrl-C waits for the step to end; a second does not wait for anything."""
     run_dir = tmp_path / "run"
@@ -159,3 +182,30 @@ def test_a_sweep_interrupted_halfway_resumes_where_it_stopped(tmp_path):
         assert json.loads((member / "metrics.json").read_text())["status"] == "completed"
         steps = [step for step, _ in scalars(member)["train/loss"]]
         assert steps == [2, 4, 6, 8, 10, 12], (member.name, steps)  # nothing duplicated
+
+
+def _quiet_run(overrides, run_dir, **options):
+    from rich.console import Console
+
+    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115
+    return run(compose_config(*overrides), run_dir, console=console, **options)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [f"{group}={p.stem}" for group in ("optimizer", "schedule", "regularizer")
+     for p in sorted((CONF / group).glob("*.yaml"))],
+)  # fmt: skip
+def test_every_optimizer_schedule_and_regularizer_resumes_exactly(option, tmp_path):
+    """Stop after the 5th step (a graceful stop checkpoints), resume, compare bit for bit."""
+    overrides = [*RUN, "epochs=4", option]
+    if option == "schedule=plateau":
+        overrides.append("schedule.patience=0")  # so the plateau state matters
+    expected = _quiet_run(overrides, tmp_path / "a")
+    polls = iter(range(1000))
+    stop_after_fifth_step = lambda: next(polls) == 5  # noqa: E731  (one poll per step, and per epoch)
+    stopped = _quiet_run(overrides, tmp_path / "b", stop_requested=stop_after_fifth_step)
+    assert stopped["status"] == "interrupted"
+    _quiet_run(overrides, tmp_path / "b", resume=True)
+    assert_same_run(tmp_path / "b", tmp_path / "a")
+    assert expected["status"] in ("completed", "early_stopped")

@@ -114,7 +114,7 @@ def check_members(members: Sequence[list[str]], compose: Compose) -> tuple[Count
 def describe_actions(actions: Counter) -> str:
     total = sum(actions.values())
     parts = [f"{actions[a]} {a}" for a in ("done", "resume", "rerun", "new") if actions[a]]
-    return f"{total} runs: {', '.join(parts)}"
+    return f"{total} run{'' if total == 1 else 's'}: {', '.join(parts)}"
 
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
