@@ -4,7 +4,7 @@ python tests/kill_driver.py --after-batches N [--signal KILL|INT|TERM] [--in-che
 
 ``--after-batches N``: send the signal (``--times`` times) when the training loader is asked
 for batch N + 1 (counted over the whole process, so across sweep members too). ``--in-checkpoint-write K``:
-SIGKILL halfway through writing the K-th checkpoint. ``--fake-submitit FILE``: install a
+SIGKILL halfway through writing the K-th checkpoint; ``--after-checkpoint K``: right after it. ``--fake-submitit FILE``: install a
 SIGUSR2 handler as submitit does on SLURM; it writes the step of the checkpoint on disk to FILE
 (what a requeued job would resume from) and exits as submitit does after requeueing.
 """
@@ -36,7 +36,7 @@ def _patch_loader(after: int, number: int, times: int) -> None:
     InMemoryLoader.__iter__ = counting
 
 
-def _patch_checkpoint(kill_at: int) -> None:
+def _patch_checkpoint(kill_at: int, after_write: bool) -> None:
     original = trainlab.checkpoint.atomic_write
     count = {"writes": 0}
 
@@ -44,6 +44,9 @@ def _patch_checkpoint(kill_at: int) -> None:
         count["writes"] += 1
         if count["writes"] != kill_at:
             return original(path, write, *args, **kwargs)
+        if after_write:
+            original(path, write, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
 
         def half(file) -> None:
             write(file)
@@ -73,6 +76,7 @@ if __name__ == "__main__":
     parser.add_argument("--after-batches", type=int)
     parser.add_argument("--signal", default="KILL")
     parser.add_argument("--in-checkpoint-write", type=int)
+    parser.add_argument("--after-checkpoint", type=int)
     parser.add_argument("--times", type=int, default=1)
     parser.add_argument("--fake-submitit")
     options, rest = parser.parse_known_args()
@@ -81,6 +85,8 @@ if __name__ == "__main__":
     if options.fake_submitit is not None:
         _fake_submitit(options.fake_submitit)
     if options.in_checkpoint_write is not None:
-        _patch_checkpoint(options.in_checkpoint_write)
+        _patch_checkpoint(options.in_checkpoint_write, after_write=False)
+    if options.after_checkpoint is not None:
+        _patch_checkpoint(options.after_checkpoint, after_write=True)
     sys.argv = ["trainlab", *[a for a in rest if a != "--"]]
     main()

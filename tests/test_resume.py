@@ -77,6 +77,7 @@ def reference(tmp_path_factory) -> Path:
         {"after_batches": 8},  # right after epoch 2's checkpoint
         {"after_batches": 10},  # mid-epoch 3
         {"in_checkpoint_write": 3},  # during a checkpoint write: the previous one survives
+        {"after_checkpoint": 6},  # after the last one, before the results were written
     ],
     ids=lambda kill: ",".join(f"{k}={v}" for k, v in kill.items()),
 )

@@ -50,7 +50,7 @@ from trainlab.provenance import RUNTIME_ONLY, record_resume
 from trainlab.provenance import finish as finish_provenance
 from trainlab.provenance import record as record_provenance
 from trainlab.regularizers import Penalty, build_regularizer
-from trainlab.resume import CHANGEABLE_ON_RESUME, differences
+from trainlab.resume import CHANGEABLE_ON_RESUME, FINISHED, differences
 from trainlab.settings import check_settings, non_negative, require, to_plain
 
 log = logging.getLogger("trainlab")
@@ -267,16 +267,20 @@ def _check_resumable(
     state = saved["engine"]
     epochs = experiment.settings.epochs
     schedule = experiment.training[2]
-    if state["status"] != "completed":
-        raise UserError(
-            f"the run in {path.parent} already ended ({state['status']}); nothing to resume"
-        )
+    # A run killed after its last checkpoint but before writing its results still needs them:
+    # only metrics.json says whether it truly finished.
+    finished = (read_json(path.parent / "metrics.json") or {}).get("status") in FINISHED
+    extending = epochs > state["epochs_finished"]
     if state["epochs_finished"] > epochs:
         raise UserError(
             f"epochs={epochs} but the run in {path.parent} has already finished "
             f"{state['epochs_finished']}; resume with epochs >= {state['epochs_finished']}"
         )
-    if state["epochs_finished"] == epochs and state["epoch_steps"] == 0:
+    if state["status"] != "completed" and (finished or extending):
+        raise UserError(
+            f"the run in {path.parent} already ended ({state['status']}); nothing to resume"
+        )
+    if finished and not extending:
         raise UserError(
             f"the run in {path.parent} has finished all its {epochs} epochs; to train it further "
             f"resume with a larger epochs=..."
