@@ -5,9 +5,12 @@ overwritten: a finished run beside it stays byte for byte as it was."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +136,24 @@ CASES = [
         "1 of 2 sweep members are invalid",
     ),
 ]
+CASES += [
+    ("resume with fewer epochs", ["resume={root}/outputs/finished", "epochs=2"], "can only extend it"),
+    ("resume changing the device", ["resume={root}/outputs/finished", "device=cpu", "epochs=5"], "changes device"),
+    ("resume into another folder", ["resume={root}/outputs/finished", "epochs=5", "hydra.run.dir={root}/outputs/elsewhere"], "continues the run in its own folder"),
+    ("resume deleting a group", ["resume={root}/outputs/finished", "~loss"], "changes loss"),
+    ("run folder in use", ["hydra.run.dir={root}/outputs/busy"], "is being run right now by process"),
+    ("run folder inside a run", ["hydra.run.dir={root}/outputs/finished/sub"], "lies inside the run folder"),
+    ("run folder with other files", ["hydra.run.dir={root}"], "already holds other files"),
+    ("group deleted", ["~loss"], "loss: no option chosen"),
+    ("interpolation to nowhere", ["optimizer.lr=${nope}"], "Interpolation key 'nope' not found"),
+    ("infinite lr", ["optimizer.lr=inf"], "optimizer.lr must be > 0 and finite"),
+    ("rmsprop alpha above 1", ["optimizer=rmsprop", "optimizer.alpha=2"], "optimizer.alpha must be in [0, 1)"),
+    ("data too large for memory", ["dataset.train_size=1000000000000"], "lower dataset.train_size"),
+    ("model too large for memory", ["model.hidden_sizes=[10000000000]"], "cannot be built here"),
+    ("too many threads", ["cpu_threads=100000"], "cpu_threads must be null or 1.."),
+    ("sweep members sharing a folder", ["-m", "seed=0,1", "hydra.sweep.subdir=x", "hydra.sweep.dir={root}/outputs/sweep"], "would share its folder"),
+    ("empty sweep", ["-m", "seed=range(3,0)", "hydra.sweep.dir={root}/outputs/sweep"], "the sweep has no members"),
+]  # fmt: skip
 if not torch.cuda.is_available():
     CASES.append(
         ("cuda on a machine without", ["device=cuda"], "device=cuda but torch sees no CUDA GPU")
@@ -173,6 +194,11 @@ def workspace(tmp_path_factory) -> Path:
     result = run_cli(*TINY, "model=linear", f"hydra.run.dir={other}", cwd=root)
     assert result.returncode == 0, result.stderr
     shutil.copy(other / "checkpoint.pt", _copy_run(root, "mismatched-ckpt") / "checkpoint.pt")
+    busy = root / "outputs" / "busy"  # as a live run leaves it: this very process runs it
+    busy.mkdir()
+    (busy / "metrics.json").write_text(
+        json.dumps({"status": "running", "pid": os.getpid(), "host": socket.gethostname()})
+    )
     return root
 
 
@@ -183,7 +209,9 @@ def results(workspace):
 
     def one(case):
         args = [a.replace("{root}", str(workspace)) for a in case[1]]
-        return run_cli(*args, *TINY[:3], cwd=workspace)
+        flags = [a for a in args if a == "-m"]  # Hydra wants its flags before the overrides
+        rest = [a for a in args if a != "-m"]
+        return run_cli(*flags, *TINY[:3], *rest, cwd=workspace)  # the case has the last word
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         outcomes = dict(zip([c[0] for c in CASES], pool.map(one, CASES), strict=True))
@@ -207,10 +235,17 @@ def test_bad_input_overwrites_nothing(results, workspace):
     assert not changed, changed
     new_folders = {p.name for p in (workspace / "outputs").iterdir()} - {
         "finished", "other-model", "corrupt-ckpt", "truncated-ckpt", "foreign-ckpt",
-        "mismatched-ckpt", "runs",
+        "mismatched-ckpt", "runs", "busy",
     }  # fmt: skip
     assert not new_folders, new_folders
     assert not (workspace / "outputs" / "sweep").exists()
+    assert not (workspace / "trainlab.log").exists()
+    # Only the two runs whose data was missing or corrupt started, and they say they failed.
+    started = [path.parent for path in (workspace / "outputs" / "runs").rglob("metrics.json")]
+    assert len(started) == 2, started
+    assert {json.loads((p / "metrics.json").read_text())["status"] for p in started} == {"failed"}
+    folders = [p for p in (workspace / "outputs" / "runs").rglob("*") if p.is_dir()]
+    assert len(folders) == 5, folders  # the day, the two runs and their .hydra: nothing empty
 
 
 def test_a_full_disk_while_saving_is_one_line_and_keeps_the_checkpoint(tmp_path):

@@ -167,7 +167,7 @@ def test_a_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
             "Error downloading train-images-idx3-ubyte.gz:\nName or service not known"
         )
 
-    monkeypatch.setattr(image_files.SOURCES["mnist"].reader, "download", offline)
+    monkeypatch.setattr(image_files.SOURCES["mnist"].reader_class(), "download", offline)
     root = tmp_path / "data"
     with pytest.raises(DataError, match="download failed") as error:
         load_dataset(image_config("mnist", root, download=True))

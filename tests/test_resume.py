@@ -41,7 +41,9 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
             for value in event.summary.value:
                 if value.tag.split("/")[0] in ("train", "epoch", "final"):
                     found[value.tag].append((event.step, value.tensor.float_val[0]))
-    return dict(found)
+    # Sorted: TensorBoard plots by step whatever the file order (file names order by second,
+    # then by a per-process writer count, so two writers in one second may sort either way).
+    return {tag: sorted(points) for tag, points in found.items()}
 
 
 def outcome(run_dir: Path) -> tuple[dict, dict]:
@@ -139,10 +141,63 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
         f"trainlab: interrupted; {run_dir} is marked interrupted"
     ]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "interrupted" and "before a checkpoint" in metrics["error"]
+    assert metrics["status"] == "interrupted" and "second Ctrl-C" in metrics["error"]
     assert load_checkpoint(run_dir / "checkpoint.pt")["engine"]["step"] == 6  # epoch 2's 2nd step
     resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_an_early_stopped_run_killed_before_its_results_resumes_to_them(tmp_path):
+    run = (*RUN, "epochs=8", "checkpoint.every_steps=null", "early_stopping.patience=1")
+    reference = tmp_path / "reference"
+    assert run_cli(*run, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
+    finished = json.loads((reference / "metrics.json").read_text())
+    assert finished["status"] == "early_stopped" and finished["epochs_run"] < 8
+    run_dir = tmp_path / "run"  # one checkpoint per epoch: kill after the last one
+    killed = drive(
+        *run, f"hydra.run.dir={run_dir}", cwd=tmp_path, after_checkpoint=finished["epochs_run"]
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert run_cli(f"resume={run_dir}", cwd=tmp_path).returncode == 0
+    assert_same_run(run_dir, reference)
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_run_again_by_the_same_command(
+    reference, tmp_path
+):
+    run_dir = tmp_path / "run"
+    killed = drive(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path, in_checkpoint_write=1)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 2 and "run the same command again" in resumed.stderr
+    again = run_cli(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert not list(run_dir.glob(".*.tmp"))
+    assert_same_run(run_dir, reference)
+
+
+def test_trimming_events_twice_after_a_kill_duplicates_nothing(tmp_path):
+    """A kill between rewriting the first event file and deleting the others leaves both."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from trainlab.loggers import trim_events
+
+    def log(first: int, last: int, suffix: str) -> None:
+        writer = SummaryWriter(str(tmp_path), filename_suffix=suffix)
+        for step in range(first, last + 1):
+            writer.add_scalar("train/loss", float(step), step)
+        writer.close()
+
+    log(1, 6, ".a")  # killed at step 6, checkpoint at 3
+    trim_events(tmp_path, step=3, epochs=0)
+    log(4, 10, ".b")  # the resume, killed at step 10, checkpoint at 8
+    second = sorted(tmp_path.glob("events.out.tfevents.*"))[1]
+    copy = second.read_bytes()
+    trim_events(tmp_path, step=8, epochs=0)
+    second.write_bytes(copy)  # as if that kill came before the unlink
+    trim_events(tmp_path, step=8, epochs=0)
+    steps = [step for step, _ in scalars(tmp_path)["train/loss"]]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_resume_may_extend_epochs(reference, tmp_path):
@@ -168,6 +223,8 @@ def test_a_sweep_interrupted_halfway_resumes_where_it_stopped(tmp_path):
     members = sorted(p for p in sweep.iterdir() if p.is_dir())
     statuses = [json.loads((m / "metrics.json").read_text())["status"] for m in members]
     assert statuses == ["completed", "completed", "interrupted"]
+    hint = json.loads((members[2] / "metrics.json").read_text())["message"]
+    assert f"run the same sweep command again with hydra.sweep.dir={sweep}" in hint
     first = (members[0] / "metrics.json").read_bytes()
     # Mark the second as failed: a re-run runs it again from scratch.
     failed = json.loads((members[1] / "metrics.json").read_text())

@@ -81,8 +81,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint onto the CPU; a missing, damaged or foreign file is a CheckpointError."""
     if not path.is_file():
         raise CheckpointError(
-            f"no checkpoint at {path}: this run never finished an epoch or a checkpoint step; "
-            "start it again"
+            f"no checkpoint at {path}: the run stopped before its first checkpoint; run the "
+            f"same command again (with hydra.run.dir={path.parent}) to start it over"
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.errors import UserError
 from trainlab.files import read_json, write_json
@@ -31,7 +33,7 @@ from trainlab.resume import (
     plan_run,
     saved_config,
 )
-from trainlab.run import run
+from trainlab.run import check_complete, run
 from trainlab.sweep import preflight, sweep_members
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -88,6 +90,39 @@ def _objective(metrics: dict[str, Any]) -> float | None:
     return value if metrics.get("status") in ("completed", "early_stopped") else None
 
 
+class _DeferredLogFile:
+    """Holds the records meant for the run folder's log until the run starts, so a refused
+    command writes nothing there (a finished run's log included)."""
+
+    def __init__(self) -> None:
+        self.root = logging.getLogger()
+        self.held: list[tuple[logging.handlers.MemoryHandler, logging.Handler]] = []
+        for handler in list(self.root.handlers):
+            if isinstance(handler, logging.FileHandler):
+                memory = logging.handlers.MemoryHandler(
+                    10**6, flushLevel=logging.CRITICAL + 1, target=handler, flushOnClose=False
+                )
+                self.root.removeHandler(handler)
+                self.root.addHandler(memory)
+                self.held.append((memory, handler))
+
+    def release(self) -> None:
+        """The run has started: write what was held, then log straight to the file."""
+        self._restore(write=True)
+
+    def discard(self) -> None:
+        self._restore(write=False)
+
+    def _restore(self, write: bool) -> None:
+        for memory, handler in self.held:
+            if write:
+                memory.flush()
+            memory.buffer.clear()
+            self.root.removeHandler(memory)
+            self.root.addHandler(handler)
+        self.held = []
+
+
 def _discard_if_unused(run_dir: Path, log_name: str) -> None:
     """Remove the folder Hydra made for a run that was refused before it started."""
     log_file = run_dir / log_name
@@ -96,8 +131,9 @@ def _discard_if_unused(run_dir: Path, log_name: str) -> None:
     if log_file.exists() and log_file.stat().st_size > 0:
         return
     log_file.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        run_dir.rmdir()
+    with contextlib.suppress(OSError):  # stops at the first folder that holds anything
+        for folder in (run_dir, *list(run_dir.parents)[:3]):  # time, day, runs/, outputs/
+            folder.rmdir()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -108,6 +144,7 @@ def _main(config: DictConfig) -> float | None:
     overrides = list(hydra_config.overrides.task)
     title = run_name(hydra_config.job.override_dirname, 0) if multirun else "trainlab"
     action = None
+    log_file = _DeferredLogFile()
     try:
         action, config = plan_run(config, run_dir, overrides, multirun)
         if action == "rerun":
@@ -128,7 +165,10 @@ def _main(config: DictConfig) -> float | None:
                 "hydra.yaml": OmegaConf.create({"hydra": hydra_config}),
                 "overrides.yaml": OmegaConf.create(overrides),
             }
-        elif differences(saved_config(run_dir), OmegaConf.to_container(config)):
+        elif differences(
+            OmegaConf.to_container(saved_config(run_dir), resolve=True),
+            OmegaConf.to_container(config, resolve=True),
+        ):
             files = {"config.yaml": config}  # epochs extended: the folder says what it now holds
         with GracefulStop() as stop:
             metrics = run(
@@ -141,6 +181,13 @@ def _main(config: DictConfig) -> float | None:
                 resume=action == "resume",
                 stop_requested=stop,
                 config_files=files,
+                on_start=log_file.release,
+                resume_hint=(
+                    "run the same sweep command again with "
+                    f"hydra.sweep.dir={hydra_config.sweep.dir} to resume it"
+                    if multirun
+                    else None
+                ),
             )
             if metrics["status"] == "interrupted":
                 stop.hand_over()  # under submitit: requeue the job, which resumes this run
@@ -152,10 +199,17 @@ def _main(config: DictConfig) -> float | None:
     except KeyboardInterrupt:
         print(f"trainlab: interrupted; {run_dir} is marked interrupted", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None  # a sweep stops here too
-    except UserError as error:
+    except (UserError, OmegaConfBaseException) as error:
+        if isinstance(error, OmegaConfBaseException):  # a ${...} or ??? the checks did not reach
+            error = UserError(f"{str(error).strip().splitlines()[0]}; check the overrides")
         print(f"trainlab: error: {error}", file=sys.stderr)
         if multirun:  # a member's own folder: record the failure for the sweep's table
-            if action in ("new", "rerun") and not (run_dir / "metrics.json").exists():
+            recorded = (read_json(run_dir / "metrics.json") or {}).get("status")
+            if action in ("new", "rerun", "resume") and recorded in (
+                None,
+                "running",
+                "interrupted",
+            ):
                 write_json(run_dir / "metrics.json", {"status": "failed", "error": str(error)})
             return None  # a search sweeper records a failed trial
         _discard_if_unused(run_dir, f"{hydra_config.job.name}.log")
@@ -167,6 +221,8 @@ def _main(config: DictConfig) -> float | None:
             raise
         log.error("run failed:\n%s", traceback.format_exc())
         return None
+    finally:
+        log_file.discard()  # records of a run that never started stay out of its folder
     return _objective(metrics)
 
 
@@ -208,6 +264,12 @@ def _check_command_line(argv: list[str]) -> str | None:
         members = sweep_members(config, list(args.overrides))
         if members is not None:
             problem = preflight(members, compose_overrides)
+    elif problem is None and config.get("resume") is None:
+        task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        try:
+            check_complete(task)
+        except UserError as error:
+            problem = str(error)
     return problem
 
 

@@ -243,7 +243,10 @@ def fit(
                 state.best_val is None or val["loss"] < state.best_val["loss"] - settings.min_delta
             ):
                 state.best_val, state.best_epoch, state.stale_evaluations = val, epoch, 0
-                state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if settings.restore_best:  # kept only to be restored at the end
+                    state.best_state = {
+                        k: v.detach().clone() for k, v in model.state_dict().items()
+                    }
             else:
                 state.stale_evaluations += 1
         scalars["epoch"] = epoch

@@ -99,14 +99,17 @@ def trim_events(run_dir: Path, step: int, epochs: int) -> None:
     if not paths:
         return
     records: list[bytes] = []
+    seen: set[bytes] = set()  # a kill between the rewrite and the unlinks below leaves copies
     for index, path in enumerate(paths):
         for raw in RawEventFileLoader(str(path)).Load():  # stops at a record cut by a kill
             event = event_pb2.Event.FromString(raw)
             if event.HasField("file_version"):
-                if index == 0:
-                    records.append(raw)
-            elif _keep_event(event, step, epochs):
+                keep = index == 0
+            else:
+                keep = raw not in seen and _keep_event(event, step, epochs)
+            if keep:
                 records.append(raw)
+                seen.add(raw)
 
     def write(file) -> None:
         writer = RecordWriter(file)

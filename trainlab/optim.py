@@ -89,8 +89,16 @@ def read_optimizer(config: Mapping[str, Any]) -> OptimizerChoice:
     settings = {key: value for key, value in config.items() if key not in ("name", "full_batch")}
     settings = check_settings("optimizer", settings, OPTIMIZERS[name], supplied=_INTERNAL_KNOBS)
     positive("optimizer.lr", settings.get("lr", 1.0))
-    if "momentum" in settings:  # torch accepts any value; 1 or more never converges
+    # torch accepts any value for these; outside the range they make no sense
+    if "momentum" in settings:  # 1 or more never converges
         fraction("optimizer.momentum", settings["momentum"], open_right=True)
+    if "dampening" in settings:
+        fraction("optimizer.dampening", settings["dampening"])
+    if "alpha" in settings:  # RMSprop's smoothing constant
+        fraction("optimizer.alpha", settings["alpha"], open_right=True)
+    for key in ("tolerance_grad", "tolerance_change", "lr_decay", "initial_accumulator_value"):
+        if key in settings:
+            non_negative(f"optimizer.{key}", settings[key])
     _LATE_CHECKS.get(OPTIMIZERS[name], lambda settings: None)(settings)
     if OPTIMIZERS[name] is torch.optim.LBFGS and not full_batch:
         log.warning(

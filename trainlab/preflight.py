@@ -43,10 +43,15 @@ def _unknown_key(key: str, overrides: list[str], compose: Compose) -> str:
     known = [str(k) for k in keys if k != "hydra"] if isinstance(keys, DictConfig) else []
     close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
     hint = f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
-    where = (
-        f"{parent}={keys.get('name')}" if parent and isinstance(keys, DictConfig) else "the config"
-    )
+    where = "the config"
+    if parent and isinstance(keys, DictConfig):
+        where = f"{parent}={keys['name']}" if "name" in keys else parent
     listing = f" ({where} has: {', '.join(known)})" if known else ""
+    if "name" in known and not hint:  # e.g. -m schedule=cosine,step schedule.min_lr=0
+        listing += (
+            f"; a key of other {parent} options is set with ++{key}=... in a sweep (Hydra "
+            f"first composes the default {parent}, which lacks it)"
+        )
     return f"{key}: no such key{hint}{listing}"
 
 

@@ -7,6 +7,8 @@ the same folder both decide from these.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,18 +22,37 @@ from trainlab.provenance import RUNTIME_ONLY, config_hash
 
 FINISHED = ("completed", "early_stopped", "diverged")
 # What a resume may change: none of them alters the numbers already computed.
-CHANGEABLE_ON_RESUME = ("epochs", "device", "cpu_threads", "checkpoint.every_steps")
-RunState = Literal["new", "done", "resume", "rerun"]
+CHANGEABLE_ON_RESUME = ("epochs", "cpu_threads", "checkpoint.every_steps")
+RunState = Literal["new", "done", "resume", "rerun", "busy"]
+
+
+def _alive(metrics: Mapping[str, Any]) -> bool:
+    """Whether the process that wrote a ``running`` metrics.json still runs (on this host)."""
+    pid = metrics.get("pid")
+    if metrics.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_state(run_dir: Path) -> RunState:
     """``done``: finished; ``resume``: stopped with a checkpoint; ``rerun``: failed, or
-    stopped before its first checkpoint; ``new``: nothing there yet."""
+    stopped before its first checkpoint; ``busy``: another process is running it;
+    ``new``: nothing there yet."""
     metrics = read_json(run_dir / "metrics.json")
     if metrics is None:
         return "rerun" if (run_dir / CHECKPOINT_NAME).exists() else "new"
     if metrics.get("status") in FINISHED:
         return "done"
+    if metrics.get("status") == "running" and _alive(metrics):
+        return "busy"
     if metrics.get("status") in ("running", "interrupted") and (run_dir / CHECKPOINT_NAME).exists():
         return "resume"
     return "rerun"
@@ -88,7 +109,8 @@ def override_keys(overrides: Iterable[str]) -> list[str]:
     keys = []
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if "=" in override and not key.startswith("hydra.") and key != "resume":
+        sets = "=" in override or override.startswith("~")  # ~key deletes: a change too
+        if sets and not key.startswith("hydra.") and key != "resume":
             keys.append(key.replace("/", "."))
     return keys
 
@@ -132,8 +154,25 @@ ATTEMPT_FILES = ("metrics.json", "provenance.json", "git_diff.patch", CHECKPOINT
 
 def clear_attempt(run_dir: Path) -> None:
     """Remove a failed attempt's results before running it again (its log stays)."""
-    for path in [*run_dir.glob("events.out.tfevents.*"), *(run_dir / n for n in ATTEMPT_FILES)]:
+    leftovers = [*run_dir.glob("events.out.tfevents.*"), *run_dir.glob(".*.tmp")]
+    for path in [*leftovers, *(run_dir / name for name in ATTEMPT_FILES)]:
         path.unlink(missing_ok=True)
+
+
+LOG_NAME = "trainlab.log"  # hydra.job.name's log, which Hydra opens before trainlab runs
+
+
+def _check_new_folder(run_dir: Path, multirun: bool) -> None:
+    """A new run goes into an empty folder of its own: never inside another run, never into
+    a folder that holds other files (the current folder, a sweep, a data folder)."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    for parent in run_dir.absolute().parents:
+        if (parent / "metrics.json").exists() or (parent / ".hydra" / "config.yaml").exists():
+            raise UserError(
+                f"{run_dir} lies inside the run folder {parent}; set {key} to a folder of its own"
+            )
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} - {LOG_NAME}:
+        raise UserError(f"{run_dir} already holds other files; set {key} to a new or empty folder")
 
 
 def plan_run(
@@ -151,11 +190,24 @@ def plan_run(
                 "resume= takes one run folder; to resume a sweep, run the same sweep command "
                 "again with hydra.sweep.dir=<its folder>"
             )
-        return "resume", config_for_resume(Path(config.resume), config, overrides)
+        if run_dir.absolute() != Path(config.resume).absolute():
+            raise UserError(
+                f"resume={config.resume} continues the run in its own folder; drop "
+                f"hydra.run.dir={run_dir} from the command line"
+            )
+        if run_state(run_dir) != "busy":
+            return "resume", config_for_resume(Path(config.resume), config, overrides)
     state = run_state(run_dir)
     if state == "new":
+        _check_new_folder(run_dir, multirun)
         return state, config
-    if not multirun:
+    if state == "busy":
+        pid = (read_json(run_dir / "metrics.json") or {}).get("pid")
+        raise UserError(
+            f"{run_dir} is being run right now by process {pid}; wait for it, or choose another "
+            "folder"
+        )
+    if not multirun and state != "rerun":  # a failed or dead-before-a-checkpoint run is redone
         status = (read_json(run_dir / "metrics.json") or {}).get("status", "unfinished")
         raise UserError(
             f"{run_dir} already holds a run ({status}); continue it with resume={run_dir}, "
@@ -168,6 +220,6 @@ def plan_run(
             changed = differences(*plain, ignore=RUNTIME_ONLY)
             raise UserError(
                 f"{run_dir} holds a run of another config ({'; '.join(changed[:3])}); "
-                "sweep into a new hydra.sweep.dir"
+                f"{'sweep into a new hydra.sweep.dir' if multirun else 'choose another hydra.run.dir'}"
             )
     return state, config

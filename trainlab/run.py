@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from trainlab.checkpoint import (
@@ -100,9 +101,10 @@ def read_run_settings(config: Mapping[str, Any]) -> RunSettings:
     for key in ("epochs", "batch_size", "log_every_steps", "eval_every_epochs", "eval_batch_size"):
         value = getattr(settings, key)
         require(value >= 1, f"{key} must be >= 1, got {value} (e.g. {key}=10)")
+    cores = os.cpu_count() or 1
     require(
-        settings.cpu_threads is None or settings.cpu_threads >= 1,
-        f"cpu_threads must be >= 1 or null, got {settings.cpu_threads}",
+        settings.cpu_threads is None or 1 <= settings.cpu_threads <= cores,
+        f"cpu_threads must be null or 1..{cores} (the cores here), got {settings.cpu_threads}",
     )
     early = check_settings("early_stopping", settings.early_stopping, _early_stopping)
     _early_stopping(**early)
@@ -227,8 +229,27 @@ class Experiment:
     training: tuple[int, torch.optim.Optimizer, LRSchedule, Penalty | None]
 
 
+def check_complete(config: DictConfig) -> None:
+    """Every group has an option and every ``${...}`` resolves."""
+    for group in GROUPS:
+        node = config.get(group)
+        require(
+            isinstance(node, DictConfig) and "name" in node,
+            f"{group}: no option chosen (~{group} removes it); pick one, e.g. {group}=<option> "
+            "(trainlab --help lists them)",
+        )
+    try:
+        OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        first = str(error).strip().splitlines()[0]
+        raise ConfigError(
+            f"the config cannot be resolved: {first}; fix the ${{...}} or ??? value it names"
+        ) from None
+
+
 def build_experiment(config: DictConfig) -> Experiment:
     """Build and check every part of ``config``; raise UserError naming the first problem."""
+    check_complete(config)
     settings = read_run_settings(config)
     device = resolve_device(settings.device)
     spec = describe_dataset(config.dataset)
@@ -237,7 +258,13 @@ def build_experiment(config: DictConfig) -> Experiment:
     if settings.cpu_threads is not None:
         torch.set_num_threads(settings.cpu_threads)
     torch.manual_seed(settings.seed)
-    network = build_model(config.model, spec)
+    try:
+        network = build_model(config.model, spec)
+    except (MemoryError, RuntimeError) as error:  # torch cannot allocate the weights
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"model={config.model.name} cannot be built here ({first[:120]}); use smaller sizes"
+        ) from None
     channels_last = _channels_last(settings.channels_last, device, network)
     model = for_device(network, device, settings.precision, channels_last, settings.compile)
     training = _plan_training(config, settings, spec, optimizer_choice, model)
@@ -270,12 +297,13 @@ def _check_resumable(
     # A run killed after its last checkpoint but before writing its results still needs them:
     # only metrics.json says whether it truly finished.
     finished = (read_json(path.parent / "metrics.json") or {}).get("status") in FINISHED
-    extending = epochs > state["epochs_finished"]
-    if state["epochs_finished"] > epochs:
+    planned = saved["config"]["epochs"]
+    if epochs < planned:
         raise UserError(
-            f"epochs={epochs} but the run in {path.parent} has already finished "
-            f"{state['epochs_finished']}; resume with epochs >= {state['epochs_finished']}"
+            f"epochs={epochs} but the run in {path.parent} was planned for {planned}; a resume "
+            f"can only extend it (epochs >= {planned})"
         )
+    extending = epochs > planned
     if state["status"] != "completed" and (finished or extending):
         raise UserError(
             f"the run in {path.parent} already ended ({state['status']}); nothing to resume"
@@ -285,7 +313,7 @@ def _check_resumable(
             f"the run in {path.parent} has finished all its {epochs} epochs; to train it further "
             f"resume with a larger epochs=..."
         )
-    if schedule.sized_by_plan and epochs != saved["config"]["epochs"]:
+    if schedule.sized_by_plan and extending:
         raise UserError(
             f"schedule={config.schedule.name} is shaped by the run's length, so epochs cannot "
             "change on resume; start a new run with the longer schedule"
@@ -310,13 +338,17 @@ def run(
     resume: bool = False,
     stop_requested: Callable[[], bool] | None = None,
     config_files: Mapping[str, Any] | None = None,
+    resume_hint: str | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run one experiment into ``run_dir``; return what metrics.json holds.
 
     ``swept`` adds hparams to compare by (the command-line overrides). ``resume`` continues
     from ``run_dir``'s checkpoint. ``stop_requested`` is polled after every step: when true,
     the run checkpoints and ends ``interrupted``. ``config_files`` go to ``run_dir/.hydra``
-    once the config has passed every check. Raises UserError for anything the user can fix,
+    once the config has passed every check; ``resume_hint`` says how to continue an
+    interrupted run (default: ``trainlab resume=RUN_DIR``); ``on_start`` is called once every
+    check has passed, before anything is written. Raises UserError for anything the user can fix,
     before touching data or files whenever the config alone shows it.
     """
     started, clock = _now(), time.perf_counter()
@@ -331,26 +363,46 @@ def run(
     metrics_path = run_dir / "metrics.json"
     previous = read_json(metrics_path) if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
+    if on_start is not None:
+        on_start()
     if config_files:
         _save_config_files(run_dir, config_files)
     if previous:
         started = previous.get("started_at", started)
-    write_json(metrics_path, {"status": "running", "started_at": started, "pid": os.getpid()})
+    write_json(
+        metrics_path,
+        {
+            "status": "running",
+            "started_at": started,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        },
+    )
     try:
         return _train(
             config, experiment, run_dir, saved, started, clock,
             swept=swept, console=console, title=title,
             command=list(command or sys.argv), stop_requested=stop_requested,
+            resume_hint=resume_hint or f"continue it with: trainlab resume={run_dir}",
         )  # fmt: skip
     except BaseException as error:  # record why the run ended, then let the caller report it
+        if (read_json(metrics_path) or {}).get("status") in FINISHED:
+            raise  # the results are written: a late Ctrl-C must not hide them
         if isinstance(error, KeyboardInterrupt):
-            status, message = "interrupted", "stopped by Ctrl-C or SIGTERM before a checkpoint"
+            status = "interrupted"
+            message = (
+                "stopped at once by a second Ctrl-C or SIGTERM; a resume continues from the last "
+                "checkpoint"
+                if checkpoint_path.exists()
+                else "stopped by Ctrl-C or SIGTERM before its first checkpoint"
+            )
         elif isinstance(error, UserError):
             status, message = "failed", str(error)
         else:
             status, message = "failed", f"{type(error).__name__}: {error}"
         with contextlib.suppress(OutputError):  # a full disk may refuse this too
             write_json(metrics_path, {"status": status, "error": message, "started_at": started})
+        log.error("%s: %s", status, message)
         raise
 
 
@@ -367,6 +419,7 @@ def _train(
     title: str,
     command: list[str],
     stop_requested: Callable[[], bool] | None,
+    resume_hint: str,
 ) -> dict[str, Any]:
     settings, device, spec = experiment.settings, experiment.device, experiment.spec
     model, loss_fn, optimizer_choice = (
@@ -452,7 +505,10 @@ def _train(
             stop_requested=stop_requested or (lambda: False),
         )
         if result.status == "interrupted":
-            return _interrupted(run_dir, result, started, settings.checkpoint["enabled"])
+            how = resume_hint
+            if not settings.checkpoint["enabled"]:
+                how = "checkpoint.enabled=false, so it cannot be resumed"
+            return _interrupted(run_dir, result, started, how)
         # The weights that end the run: the best ones when restored, else the last ones (not
         # worth testing if they diverged). "val" always describes the same weights as "test".
         restored = settings.restore_best and result.best_val is not None
@@ -508,13 +564,8 @@ def _train(
     return metrics
 
 
-def _interrupted(run_dir: Path, result: Any, started: str, checkpointed: bool) -> dict[str, Any]:
+def _interrupted(run_dir: Path, result: Any, started: str, how: str) -> dict[str, Any]:
     """metrics.json for a run stopped by a signal: how far it got and how to continue."""
-    how = (
-        f"continue it with: trainlab resume={run_dir}"
-        if checkpointed
-        else "checkpoint.enabled=false, so it cannot be resumed"
-    )
     metrics = {
         "status": "interrupted",
         "message": f"{result.message}; {how}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -173,11 +174,17 @@ def require(condition: bool, message: str) -> None:
 
 
 def positive(where: str, value: float) -> None:
-    require(value > 0, f"{where} must be > 0, got {value} (set {where}=<a number above 0>)")
+    require(
+        0 < value < math.inf,
+        f"{where} must be > 0 and finite, got {value} (set {where}=<a number above 0>)",
+    )
 
 
 def non_negative(where: str, value: float) -> None:
-    require(value >= 0, f"{where} must be >= 0, got {value} (set {where}=<a number, 0 or more>)")
+    require(
+        0 <= value < math.inf,
+        f"{where} must be >= 0 and finite, got {value} (set {where}=<a number, 0 or more>)",
+    )
 
 
 def fraction(where: str, value: float, *, open_right: bool = False) -> None:

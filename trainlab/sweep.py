@@ -91,6 +91,7 @@ def check_members(members: Sequence[list[str]], compose: Compose) -> tuple[Count
     """Compose and check every member; return what each will do and the invalid ones."""
     actions: Counter = Counter()
     problems: list[str] = []
+    folders: dict[Path, str] = {}
     for index, overrides in enumerate(members):
         name = ",".join(o for o in overrides if not o.startswith("hydra.")) or f"run{index}"
         try:
@@ -102,12 +103,21 @@ def check_members(members: Sequence[list[str]], compose: Compose) -> tuple[Count
             with read_write(member), open_dict(member):
                 member.hydra.job.num = index
             run_dir = Path(member.hydra.sweep.dir) / str(member.hydra.sweep.subdir)
+            if run_dir in folders:
+                raise UserError(
+                    f"it would share its folder {run_dir} with {folders[run_dir]}; keep "
+                    "${hydra.job.override_dirname} or ${hydra.job.num} in hydra.sweep.subdir"
+                )
+            folders[run_dir] = name
             task = _task_config(member)
             build_experiment(task)
             action, _ = plan_run(task, run_dir, list(overrides), multirun=True)
             actions[action] += 1
         except UserError as error:
             problems.append(f"{name}: {error}")
+        except Exception as error:  # an OmegaConf or torch error the checks did not foresee
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            problems.append(f"{name}: {type(error).__name__}: {first}")
     return actions, problems
 
 
@@ -136,6 +146,8 @@ def sweep_members(config: DictConfig, overrides: list[str]) -> list[list[str]] |
 
 def preflight(members: Sequence[list[str]], compose: Compose) -> str | None:
     """Check every member before any runs: print the plan, or the invalid members and a line."""
+    if not members:
+        return "the sweep has no members (an empty range or list?); give each swept key a value"
     actions, problems = check_members(members, compose)
     if problems:
         for problem in problems:

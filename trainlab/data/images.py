@@ -8,6 +8,7 @@ folder and moved into place only when complete, so a failed download leaves noth
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 
 from trainlab.errors import UserError
 from trainlab.files import OutputError, atomic_write
@@ -43,18 +43,24 @@ class DataError(UserError):
     """Dataset files are missing, unreadable or cannot be fetched."""
 
 
-class _CIFAR10Files(torchvision.datasets.CIFAR10):
-    """torchvision's CIFAR-10 reader without its MD5 checks, so any copy in the real format
-    loads (a corrupt batch still fails, at unpickling)."""
+@functools.cache
+def _cifar10_reader() -> type:
+    import torchvision
 
-    def _check_integrity(self) -> bool:
-        folder = Path(self.root, self.base_folder)
-        return all((folder / name).is_file() for name in CIFAR_FILES)
+    class CIFAR10Files(torchvision.datasets.CIFAR10):
+        """torchvision's CIFAR-10 reader without its MD5 checks, so any copy in the real format
+        loads (a corrupt batch still fails, at unpickling)."""
 
-    def _load_meta(self) -> None:
-        with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as file:
-            self.classes = pickle.load(file, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root, self.base_folder)
+            return all((folder / name).is_file() for name in CIFAR_FILES)
+
+        def _load_meta(self) -> None:
+            with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as file:
+                self.classes = pickle.load(file, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+
+    return CIFAR10Files
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class ImageSource:
     """One image dataset: where torchvision keeps its files and what they hold."""
 
     name: str
-    reader: type  # the torchvision dataset class
+    reader: str  # the torchvision dataset class (imported only when images are read)
     folder: str  # below the data root
     files: tuple[str, ...]
     shape: tuple[int, int, int]  # channels, height, width
@@ -71,17 +77,26 @@ class ImageSource:
     test_count: int
     system_copies: tuple[str, ...] = ()
 
+    def reader_class(self) -> type:
+        """The torchvision class that reads the files; torchvision costs a second to import,
+        so runs on other data never pay it."""
+        if self.reader == "CIFAR10":
+            return _cifar10_reader()
+        import torchvision
+
+        return getattr(torchvision.datasets, self.reader)
+
 
 SOURCES = {
     "mnist": ImageSource(
-        "mnist", torchvision.datasets.MNIST, "MNIST/raw", IDX_FILES, (1, 28, 28), 10, 60000, 10000
+        "mnist", "MNIST", "MNIST/raw", IDX_FILES, (1, 28, 28), 10, 60000, 10000
     ),
     "fashion_mnist": ImageSource(
-        "fashion_mnist", torchvision.datasets.FashionMNIST, "FashionMNIST/raw", IDX_FILES,
+        "fashion_mnist", "FashionMNIST", "FashionMNIST/raw", IDX_FILES,
         (1, 28, 28), 10, 60000, 10000, system_copies=("/usr/share/datasets/fashion-mnist",),
     ),
     "cifar10": ImageSource(
-        "cifar10", _CIFAR10Files, "cifar-10-batches-py", CIFAR_FILES, (3, 32, 32), 10, 50000, 10000
+        "cifar10", "CIFAR10", "cifar-10-batches-py", CIFAR_FILES, (3, 32, 32), 10, 50000, 10000
     ),
 }  # fmt: skip
 
@@ -123,8 +138,8 @@ def _decode(source: ImageSource, found: Path) -> dict[str, torch.Tensor]:
     with tempfile.TemporaryDirectory(prefix="trainlab-stage-") as staging:
         try:
             _stage(source, found, Path(staging))  # a truncated .gz fails here
-            train = source.reader(staging, train=True, download=False)
-            test = source.reader(staging, train=False, download=False)
+            train = source.reader_class()(staging, train=True, download=False)
+            test = source.reader_class()(staging, train=False, download=False)
         except Exception as error:  # torchvision raises plain RuntimeError/ValueError/pickle errors
             raise DataError(
                 f"dataset={source.name}: the files in {found} could not be read ({error}); "
@@ -145,7 +160,7 @@ def _download(source: ImageSource, root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".trainlab-download-", dir=root) as temporary:
         try:
-            source.reader(temporary, train=True, download=True)
+            source.reader_class()(temporary, train=True, download=True)
         except Exception as error:
             # torchvision reports one block per mirror: keep what failed and the last reason.
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]

@@ -47,6 +47,17 @@ def describe(
     ):
         require(size >= 1, f"dataset.{name} must be >= 1, got {size}")
     require(
+        0 <= seed < 2**63, f"dataset.seed must be in [0, 2^63), got {seed} (e.g. dataset.seed=0)"
+    )
+    numbers = (
+        (train_size + val_size + test_size) * features * (list_size if task == "ranking" else 1)
+    )
+    require(
+        numbers <= 2**31,
+        f"the synthetic data would hold {numbers:.3g} numbers ({4 * numbers / 2**30:.0f} GiB); "
+        "lower dataset.train_size, val_size, test_size or features",
+    )
+    require(
         features >= 2, f"dataset.features must be >= 2 (the spirals need a plane), got {features}"
     )
     non_negative("dataset.noise", noise)
@@ -78,7 +89,7 @@ def describe(
 def load(**settings) -> Dataset:
     """Generate the dataset described by ``settings`` (the same keys as :func:`describe`)."""
     spec = describe(**settings)
-    generator = torch.Generator().manual_seed(settings["seed"])
+    generator = torch.Generator().manual_seed(settings["seed"])  # checked in describe()
     total = spec.train_size + spec.val_size + spec.test_size
     if spec.task == "classification":
         inputs, targets = _spirals(total, settings, generator)
