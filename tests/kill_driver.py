@@ -2,8 +2,9 @@
 
 python tests/kill_driver.py --after-batches N [--signal KILL|INT|TERM] [--in-checkpoint-write K] -- ARGS
 
-``--after-batches N``: send the signal (``--times`` times) when the training loader is asked
-for batch N + 1 (counted over the whole process, so across sweep members too). ``--in-checkpoint-write K``:
+``--after-batches N``: send the signal (``--times`` times; ``--signal RAISE`` raises an error
+instead) when the training loader is asked for batch N + 1 (counted over the whole process, so
+across sweep members too); ``--only-rank R`` does it in one torchrun process only. ``--in-checkpoint-write K``:
 SIGKILL halfway through writing the K-th checkpoint; ``--after-checkpoint K``: right after it. ``--fake-submitit FILE``: install a
 SIGUSR2 handler as submitit does on SLURM; it writes the step of the checkpoint on disk to FILE
 (what a requeued job would resume from) and exits as submitit does after requeueing.
@@ -21,13 +22,16 @@ from trainlab.cli import main
 from trainlab.data.loader import InMemoryLoader
 
 
-def _patch_loader(after: int, number: int, times: int) -> None:
+def _patch_loader(after: int, number: int, times: int, only_rank: int | None) -> None:
     original = InMemoryLoader.__iter__
     count = {"batches": 0}
+    mine = only_rank is None or int(os.environ.get("RANK", 0)) == only_rank
 
     def counting(self):
         for batch in original(self):
-            if count["batches"] == after:
+            if count["batches"] == after and mine:
+                if number == 0:
+                    raise RuntimeError("a failure in this process only")
                 for _ in range(times):  # a second signal lands before the step is done
                     os.kill(os.getpid(), number)
             count["batches"] += 1
@@ -74,14 +78,16 @@ def _fake_submitit(record: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--after-batches", type=int)
-    parser.add_argument("--signal", default="KILL")
+    parser.add_argument("--signal", "--kill-with", dest="signal", default="KILL")  # torchrun: -with
     parser.add_argument("--in-checkpoint-write", type=int)
     parser.add_argument("--after-checkpoint", type=int)
     parser.add_argument("--times", type=int, default=1)
     parser.add_argument("--fake-submitit")
+    parser.add_argument("--only-rank", type=int)  # under torchrun: act in this process only
     options, rest = parser.parse_known_args()
     if options.after_batches is not None:
-        _patch_loader(options.after_batches, getattr(signal, f"SIG{options.signal}"), options.times)
+        number = 0 if options.signal == "RAISE" else getattr(signal, f"SIG{options.signal}")
+        _patch_loader(options.after_batches, number, options.times, options.only_rank)
     if options.fake_submitit is not None:
         _fake_submitit(options.fake_submitit)
     if options.in_checkpoint_write is not None:

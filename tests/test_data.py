@@ -113,3 +113,19 @@ def test_a_loader_restored_mid_epoch_yields_exactly_the_batches_left(stop_after)
             got_epoch, expected_epoch, strict=True
         ):
             assert torch.equal(inputs, want_inputs) and torch.equal(targets, want_targets)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_data_parallel_ranks_split_every_global_batch_and_see_each_example_once(shuffle):
+    split = Split(torch.arange(22.0).reshape(22, 1), torch.arange(22))
+    single = list(InMemoryLoader(split, 8, shuffle=shuffle, seed=3))
+    ranks = [
+        list(InMemoryLoader(split, 8, shuffle=shuffle, seed=3, rank=r, world=2)) for r in (0, 1)
+    ]
+    assert len(ranks[0]) == len(ranks[1]) == len(single) == 3
+    for step, (_, targets) in enumerate(single):
+        parts = [ranks[r][step][1] for r in (0, 1)]
+        assert [len(p) for p in parts] == [len(targets) - len(targets) // 2, len(targets) // 2]
+        assert torch.equal(torch.cat(parts), targets)  # the global batch, split in two
+    seen = torch.cat([targets for rank in ranks for _, targets in rank])
+    assert sorted(seen.tolist()) == list(range(22))

@@ -19,8 +19,8 @@ from trainlab.files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "trainlab-checkpoint"
-VERSION = 1
-PARTS = ("config", "model", "optimizer", "schedule", "loader", "engine", "rng")
+VERSION = 2  # 2: per-process random streams of data-parallel runs
+PARTS = ("config", "model", "optimizer", "schedule", "loader", "engine", "rng", "processes")
 
 
 class CheckpointError(UserError):

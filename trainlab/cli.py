@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import traceback
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from trainlab.distributed import Processes, broadcast, from_environment, join, leave
 from trainlab.errors import UserError
 from trainlab.files import read_json, write_json
 from trainlab.interrupts import GracefulStop
@@ -123,6 +125,26 @@ class _DeferredLogFile:
         self.held = []
 
 
+def _plan_on_process_zero(
+    config: DictConfig, run_dir: Path, overrides: list[str], multirun: bool, processes: Processes
+) -> tuple[str, DictConfig]:
+    """plan_run, decided by process 0 alone (the others would see its files appear) and
+    shared with the others, refusal included."""
+    if not processes.parallel:
+        return plan_run(config, run_dir, overrides, multirun)
+    outcome: tuple[str, Any]
+    if processes.main:
+        try:
+            action, planned = plan_run(config, run_dir, overrides, multirun)
+            outcome = (action, OmegaConf.to_container(planned))
+        except UserError as error:
+            outcome = ("error", str(error))
+    outcome = broadcast(outcome if processes.main else None, processes)
+    if outcome[0] == "error":
+        raise UserError(outcome[1])
+    return outcome[0], OmegaConf.create(outcome[1])
+
+
 def _discard_if_unused(run_dir: Path, log_name: str) -> None:
     """Remove the folder Hydra made for a run that was refused before it started."""
     log_file = run_dir / log_name
@@ -145,9 +167,10 @@ def _main(config: DictConfig) -> float | None:
     title = run_name(hydra_config.job.override_dirname, 0) if multirun else "trainlab"
     action = None
     log_file = _DeferredLogFile()
+    processes = from_environment()
     try:
-        action, config = plan_run(config, run_dir, overrides, multirun)
-        if action == "rerun":
+        action, config = _plan_on_process_zero(config, run_dir, overrides, multirun, processes)
+        if action == "rerun" and processes.main:
             clear_attempt(run_dir)
         if action == "done":
             metrics = read_json(run_dir / "metrics.json") or {}
@@ -202,7 +225,8 @@ def _main(config: DictConfig) -> float | None:
     except (UserError, OmegaConfBaseException) as error:
         if isinstance(error, OmegaConfBaseException):  # a ${...} or ??? the checks did not reach
             error = UserError(f"{str(error).strip().splitlines()[0]}; check the overrides")
-        print(f"trainlab: error: {error}", file=sys.stderr)
+        if processes.main:  # the other processes of a data-parallel run exit quietly
+            print(f"trainlab: error: {error}", file=sys.stderr)
         if multirun:  # a member's own folder: record the failure for the sweep's table
             recorded = (read_json(run_dir / "metrics.json") or {}).get("status")
             if action in ("new", "rerun", "resume") and recorded in (
@@ -286,14 +310,42 @@ def _check_output_folder(folder: Path, key: str) -> str | None:
     return None
 
 
+def _join_processes(argv: list[str]) -> Processes:
+    """Under torchrun: join the process group, agree on one run folder (process 0's), and keep
+    the other processes' logging quiet."""
+    processes = from_environment()
+    if not processes.parallel:
+        return processes
+    join(processes)
+    if "-m" in argv or "--multirun" in argv:
+        raise UserError(
+            "torchrun runs one experiment at a time; start sweeps with trainlab -m (members "
+            "that are data-parallel run under hydra/launcher=slurm)"
+        )
+    if not any(arg.startswith(("hydra.run.dir=", "resume=")) for arg in argv):
+        stamp = datetime.now().strftime("outputs/runs/%Y-%m-%d/%H-%M-%S-%f")
+        argv.append(f"hydra.run.dir={broadcast(stamp, processes)}")
+    if not processes.main:
+        argv += ["hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    return processes
+
+
 def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _interrupt)  # outside training, SIGTERM stops like Ctrl-C
-    problem = _check_command_line(sys.argv[1:])
+    try:
+        processes = _join_processes(sys.argv)
+        problem = _check_command_line(sys.argv[1:])
+    except UserError as error:
+        processes, problem = from_environment(), str(error)
     if problem is not None:
-        print(f"trainlab: error: {problem}", file=sys.stderr)
+        if processes.main:
+            print(f"trainlab: error: {problem}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR)
-    _main()
+    try:
+        _main()
+    finally:
+        leave()
 
 
 if __name__ == "__main__":

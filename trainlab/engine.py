@@ -134,12 +134,14 @@ def fit(
     state: FitState | None = None,
     save_checkpoint: Callable[[FitState], None] | None = None,
     stop_requested: Callable[[], bool] = _never,
+    reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` for ``settings.epochs`` passes over ``batches``; see :class:`FitResult`.
 
     ``state`` continues a checkpointed fit (``batches`` must resume its data order too).
     ``save_checkpoint`` is called after every epoch, every ``checkpoint_every_steps`` steps,
     and when ``stop_requested()`` turns true after a step; then the fit ends ``interrupted``.
+    ``reduce_mean`` averages the numbers read back over data-parallel processes.
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
     device = parameters[0].device
@@ -193,6 +195,8 @@ def fit(
             schedule.step_done()
             if step % settings.log_every_steps == 0:
                 values = torch.cat([sums[:, 1], gradient_norm(parameters).reshape(1)])
+                if reduce_mean is not None:
+                    values = reduce_mean(values)
                 loss_total, penalty_total, grad_norm = values.tolist()
                 loss = loss_total / state.interval_steps
                 penalty_mean = penalty_total / state.interval_steps
@@ -215,7 +219,10 @@ def fit(
             break
 
         step = state.step
-        train_loss, train_penalty = (sums[:, 0] / state.epoch_steps).tolist()
+        epoch_means = sums[:, 0] / state.epoch_steps
+        if reduce_mean is not None:
+            epoch_means = reduce_mean(epoch_means)
+        train_loss, train_penalty = epoch_means.tolist()
         train_time = time.perf_counter() - epoch_start  # .tolist() above waited for the device
         lr = optimizer.param_groups[0]["lr"]
         scalars = {

@@ -77,6 +77,14 @@ class TensorBoardLogger:
         self.writer.close()
 
 
+class NullLogger:
+    """Where the events of a data-parallel run's other processes go: nowhere."""
+
+    def flush(self) -> None: ...
+    def write_final(self, metrics: Mapping[str, float]) -> None: ...
+    def close(self) -> None: ...
+
+
 def _keep_event(event: event_pb2.Event, step: int, epochs: int) -> bool:
     """Whether an event logged before a kill belongs to the run as checkpointed."""
     if not event.HasField("summary") or not event.summary.value:

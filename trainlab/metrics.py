@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from trainlab.data.base import DatasetSpec, Prepare, Split
@@ -49,22 +51,37 @@ def evaluate(
     spec: DatasetSpec,
     batch_size: int,
     prepare: Prepare | None = None,
+    shard: tuple[int, int] = (0, 1),
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Mean loss and task metrics of ``model`` over ``split``, one host sync at the end."""
+    """Mean loss and task metrics of ``model`` over ``split``, one host sync at the end.
+
+    Data-parallel: ``shard=(rank, world)`` evaluates this process's contiguous part, and
+    ``reduce_sum`` adds the processes' sums, so the means come from exact global sums.
+    """
     was_training = model.training
     model.eval()
+    rank, world = shard
+    share, extra = divmod(len(split), world)  # contiguous parts, as tensor_split cuts them
+    begin = rank * share + min(rank, extra)
+    end = begin + share + (1 if rank < extra else 0)
     sums: dict[str, torch.Tensor] = {}
-    for start in range(0, len(split), batch_size):
-        inputs = split.inputs[start : start + batch_size]
+    for start in range(begin, end, batch_size):
+        stop = min(start + batch_size, end)
+        inputs = split.inputs[start:stop]
         if prepare is not None:
             inputs = prepare(inputs, None)  # no augmentation
-        targets = split.targets[start : start + batch_size]
+        targets = split.targets[start:stop]
         outputs = model(inputs)
         batch = {"loss": loss_fn(outputs, targets).float() * inputs.shape[0]}
         batch.update(_metric_sums(spec, outputs, targets))
         for name, value in batch.items():
             sums[name] = sums[name] + value if name in sums else value.float()
     model.train(was_training)
-    names = list(sums)
-    values = torch.stack([sums[name] for name in names]).tolist()
+    names = metric_names(spec)
+    device = split.inputs.device
+    totals = torch.stack([sums.get(name, torch.zeros((), device=device)) for name in names])
+    if reduce_sum is not None:
+        totals = reduce_sum(totals)
+    values = totals.tolist()
     return {name: value / len(split) for name, value in zip(names, values, strict=True)}

@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
+from torch.nn.parallel import DistributedDataParallel
 
 from trainlab.checkpoint import (
     CHECKPOINT_NAME,
@@ -33,10 +34,11 @@ from trainlab.checkpoint import (
     save_checkpoint,
 )
 from trainlab.data import DatasetSpec, InMemoryLoader, describe_dataset, load_dataset
+from trainlab.distributed import Processes, any_process, from_environment, gather, reduce_sum
 from trainlab.engine import FitSettings, FitState, fit
 from trainlab.errors import ConfigError, UserError
 from trainlab.files import OutputError, atomic_write, read_json, write_json
-from trainlab.loggers import ConsoleLogger, TensorBoardLogger, make_console
+from trainlab.loggers import ConsoleLogger, NullLogger, TensorBoardLogger, make_console
 from trainlab.losses import build_loss
 from trainlab.metrics import PRIMARY_METRIC, evaluate, metric_names
 from trainlab.models import build_model, for_device, uses_convolutions
@@ -227,6 +229,7 @@ class Experiment:
     model: torch.nn.Module
     channels_last: bool
     training: tuple[int, torch.optim.Optimizer, LRSchedule, Penalty | None]
+    processes: Processes
 
 
 def check_complete(config: DictConfig) -> None:
@@ -251,7 +254,10 @@ def build_experiment(config: DictConfig) -> Experiment:
     """Build and check every part of ``config``; raise UserError naming the first problem."""
     check_complete(config)
     settings = read_run_settings(config)
+    processes = from_environment()
     device = resolve_device(settings.device)
+    if processes.parallel and device.type == "cuda":  # one GPU per process
+        device = torch.device("cuda", processes.local_rank)
     spec = describe_dataset(config.dataset)
     loss_fn = build_loss(config.loss, spec)
     optimizer_choice = read_optimizer(config.optimizer)
@@ -267,9 +273,42 @@ def build_experiment(config: DictConfig) -> Experiment:
         ) from None
     channels_last = _channels_last(settings.channels_last, device, network)
     model = for_device(network, device, settings.precision, channels_last, settings.compile)
+    if processes.parallel:
+        _check_parallel(settings, optimizer_choice, spec, processes)
+        # Same weights everywhere (DDP also copies process 0's), then each process its own
+        # dropout stream: the same masks on every slice of a batch would be correlated.
+        torch.manual_seed(settings.seed + processes.rank)
+        ids = [device.index] if device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=ids)
     training = _plan_training(config, settings, spec, optimizer_choice, model)
     return Experiment(
-        settings, device, spec, loss_fn, optimizer_choice, model, channels_last, training
+        settings, device, spec, loss_fn, optimizer_choice, model, channels_last, training,
+        processes,
+    )  # fmt: skip
+
+
+def _check_parallel(
+    settings: RunSettings, choice: OptimizerChoice, spec: DatasetSpec, processes: Processes
+) -> None:
+    """What data-parallel training cannot do, refused before it starts."""
+    world = processes.world
+    require(
+        choice.name != "lbfgs",
+        f"optimizer=lbfgs decides its line search from each process's own loss, so {world} "
+        "processes would disagree; run it in one process, or use optimizer=gd",
+    )
+    if choice.full_batch or settings.batch_size >= spec.train_size:
+        return
+    require(
+        settings.batch_size % world == 0,
+        f"batch_size={settings.batch_size} (the global batch) does not divide among {world} "
+        f"processes; use a multiple of {world}",
+    )
+    last = spec.train_size % settings.batch_size
+    require(
+        last == 0 or last >= world,
+        f"the last batch of each epoch holds {last} examples, fewer than the {world} processes; "
+        "choose batch_size so that it divides dataset.train_size",
     )
 
 
@@ -291,6 +330,12 @@ def _check_resumable(
             f"{path} holds weights for another model ({str(error).splitlines()[-1].strip()}); "
             "resume it with the config it was written for"
         ) from None
+    written_by = len(saved["processes"]) or 1
+    if written_by != experiment.processes.world:
+        raise CheckpointError(
+            f"{path} was written by {written_by} process(es), and this resume has "
+            f"{experiment.processes.world}; resume with the same torchrun --nproc-per-node"
+        )
     state = saved["engine"]
     epochs = experiment.settings.epochs
     schedule = experiment.training[2]
@@ -362,13 +407,20 @@ def run(
 
     metrics_path = run_dir / "metrics.json"
     previous = read_json(metrics_path) if resume else None
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = experiment.processes.main  # in a data-parallel run, process 0 writes the files
     if on_start is not None:
         on_start()
-    if config_files:
-        _save_config_files(run_dir, config_files)
     if previous:
         started = previous.get("started_at", started)
+    if not main:
+        return _train(
+            config, experiment, run_dir, saved, started, clock,
+            swept=swept, console=console, title=title, command=list(command or sys.argv),
+            stop_requested=stop_requested, resume_hint="",
+        )  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config_files:
+        _save_config_files(run_dir, config_files)
     write_json(
         metrics_path,
         {
@@ -429,9 +481,12 @@ def _train(
     )
     training = experiment.training
     metrics_path = run_dir / "metrics.json"
-    if saved is None:
+    processes = experiment.processes
+    main = processes.main
+    provenance: dict[str, Any] = {}
+    if main and saved is None:
         provenance = record_provenance(run_dir, config, command, started)
-    else:
+    elif main:
         provenance = record_resume(run_dir, config, command, _now(), saved["engine"]["step"])
     data = load_dataset(config.dataset)
     if data.spec != spec:  # sizes known only now (a smaller copy of the files, say)
@@ -443,21 +498,25 @@ def _train(
     batch_size, optimizer, schedule, penalty = training
     _log_plan(config, settings, spec, optimizer_choice, batch_size, device)
     loader = InMemoryLoader(
-        data.train, batch_size, shuffle=True, seed=settings.seed, prepare=data.prepare
-    )
+        data.train, batch_size, shuffle=True, seed=settings.seed, prepare=data.prepare,
+        rank=processes.rank, world=processes.world,
+    )  # fmt: skip
     state = None
     if saved is not None:
+        own = saved["processes"][processes.rank] if processes.parallel else saved
         optimizer.load_state_dict(saved["optimizer"])
         schedule.scheduler.load_state_dict(saved["schedule"])
-        loader.load_state_dict(saved["loader"])
+        loader.load_state_dict(own["loader"])
         state = FitState.from_state_dict(saved["engine"], device)
-        restore_rng_states(saved["rng"])
+        restore_rng_states(own["rng"])
         log.info("resuming %s at epoch %d, step %d", run_dir, state.epochs_finished + 1, state.step)
     names = metric_names(spec)
     primary = PRIMARY_METRIC[spec.task]
     hparams = _hparams(config, spec, batch_size, to_plain(swept or {}))
     resume_at = (state.step, state.epochs_finished) if state is not None else None
-    tensorboard = TensorBoardLogger(run_dir, hparams, resume_at)
+    tensorboard = TensorBoardLogger(run_dir, hparams, resume_at) if main else NullLogger()
+    if not main:
+        console = Console(file=open(os.devnull, "w"))  # noqa: SIM115  (quiet processes)
     console_logger = ConsoleLogger(console or make_console(), title)
     early = settings.early_stopping
     fit_settings = FitSettings(
@@ -473,20 +532,36 @@ def _train(
     checkpoint_path = run_dir / CHECKPOINT_NAME
 
     def save(fit_state: FitState) -> None:
+        # Each process's own random streams; process 0 writes them all.
+        own = {"rng": rng_states(), "loader": loader.state_dict()}
+        every = gather(own, processes)
+        if not main:
+            return
         tensorboard.flush()  # events up to the checkpoint are on disk before it is
         parts = {
             "config": plain_config,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.scheduler.state_dict(),
-            "loader": loader.state_dict(),
+            "loader": own["loader"],
             "engine": fit_state.state_dict(),
-            "rng": rng_states(),
+            "rng": own["rng"],
+            "processes": every if processes.parallel else [],
         }
         save_checkpoint(checkpoint_path, parts)
 
     def evaluate_split(split):
-        return evaluate(model, loss_fn, split, spec, settings.eval_batch_size, data.prepare)
+        return evaluate(
+            model, loss_fn, split, spec, settings.eval_batch_size, data.prepare,
+            shard=(processes.rank, processes.world), reduce_sum=reduce_sum,
+        )  # fmt: skip
+
+    stop = stop_requested or (lambda: False)
+    if processes.parallel:  # every process stops after the same step
+        polled = stop
+
+        def stop() -> bool:
+            return any_process(polled())
 
     try:
         result = fit(
@@ -502,8 +577,11 @@ def _train(
             [tensorboard, console_logger],
             state=state,
             save_checkpoint=save if settings.checkpoint["enabled"] else None,
-            stop_requested=stop_requested or (lambda: False),
+            stop_requested=stop,
+            reduce_mean=(lambda t: reduce_sum(t) / processes.world) if processes.parallel else None,
         )
+        if result.status == "interrupted" and not main:
+            return {"status": "interrupted", "message": result.message}
         if result.status == "interrupted":
             how = resume_hint
             if not settings.checkpoint["enabled"]:
@@ -542,7 +620,8 @@ def _train(
             "finished_at": _now(),
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "config_hash": provenance["config_hash"],
+            "config_hash": provenance.get("config_hash"),
+            "processes": processes.world,
             "resumes": len(provenance.get("resumes", [])),
             "wall_time_s": time.perf_counter() - clock,
         }
@@ -555,6 +634,8 @@ def _train(
     finally:  # also when training raised: flush the events and release the live display
         tensorboard.close()
         console_logger.on_fit_end(None)
+    if not main:
+        return metrics
     write_json(metrics_path, metrics)
     finish_provenance(run_dir, provenance, metrics["finished_at"])
     log.info(

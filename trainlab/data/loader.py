@@ -17,6 +17,11 @@ class InMemoryLoader:
     A batch size at least the split size means full batch: the whole split, unshuffled, once.
     The data order is resumable: :meth:`state_dict` taken mid-epoch, loaded into a new loader,
     yields exactly the batches the first one had left (augmented with the same random draws).
+
+    Data-parallel: with ``world`` processes, ``batch_size`` is the global batch. Every process
+    draws the same permutation from the shared seed and takes its own slice (``rank``) of each
+    global batch, so an epoch still visits every example exactly once across the processes.
+    Augmentation then draws from a generator of the process's own.
     """
 
     def __init__(
@@ -27,13 +32,20 @@ class InMemoryLoader:
         shuffle: bool,
         seed: int,
         prepare: Prepare | None = None,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.split = split
         self.prepare = prepare
         self.batch_size = min(batch_size, len(split))
         self.shuffle = shuffle and self.batch_size < len(split)
+        self.rank, self.world = rank, world
         self.generator = torch.Generator(device=split.inputs.device)
         self.generator.manual_seed(seed)
+        self.augment_generator = self.generator  # one process: one stream, as before
+        if world > 1:
+            self.augment_generator = torch.Generator(device=split.inputs.device)
+            self.augment_generator.manual_seed(seed + 1 + rank)
         self.epoch_start = self.generator.get_state()  # draws the current epoch's order
         self.position = 0  # batches handed out in the current epoch
 
@@ -43,14 +55,20 @@ class InMemoryLoader:
     def state_dict(self) -> dict[str, Any]:
         return {
             "generator": self.generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
             "epoch_start": self.epoch_start,
             "position": self.position,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+        self.augment_generator.set_state(state["augment_generator"])
         self.epoch_start = state["epoch_start"]
         self.position = state["position"]
+
+    def _slice(self, batch: torch.Tensor) -> torch.Tensor:
+        """This process's part of a global batch (all of it in a single process)."""
+        return batch if self.world == 1 else batch.tensor_split(self.world)[self.rank]
 
     def _order(self) -> torch.Tensor:
         device = self.split.inputs.device
@@ -71,16 +89,17 @@ class InMemoryLoader:
             return
         if self.shuffle:
             order = self._order()[start:]
-            batches = ((inputs[i], targets[i]) for i in order.split(self.batch_size))
+            mine = (self._slice(i) for i in order.split(self.batch_size))
+            batches = ((inputs[i], targets[i]) for i in mine)
         else:
             batches = zip(
-                inputs[start:].split(self.batch_size),
-                targets[start:].split(self.batch_size),
+                map(self._slice, inputs[start:].split(self.batch_size)),
+                map(self._slice, targets[start:].split(self.batch_size)),
                 strict=True,
             )
         for batch_inputs, batch_targets in batches:
             if self.prepare is not None:  # training batches: augmented with the loader's generator
-                batch_inputs = self.prepare(batch_inputs, self.generator)
+                batch_inputs = self.prepare(batch_inputs, self.augment_generator)
             self.position += 1  # before yielding: a checkpoint taken now counts this batch
             yield batch_inputs, batch_targets
         self.position = 0

@@ -1,0 +1,98 @@
+"""Data-parallel runs through the real torchrun: two gloo processes on the CPU give one run
+folder, one TensorBoard writer and the numbers of a one-process run; a failing process ends
+the run; a killed run resumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ENV, REPO, TINY, run_cli
+from tests.test_resume import assert_same_run, scalars
+
+pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="needs torchrun")
+RUN = (*TINY, "log_every_steps=2", "checkpoint.every_steps=3")
+# Dropout draws per process, so only a run without it can match one process's numbers.
+DROPOUT = "model.dropout=0.1"
+
+
+def torchrun(*args: str, cwd: Path, script: str = "-m trainlab") -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
+    return subprocess.run(
+        [*command, *script.split(), *args],
+        cwd=cwd, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    assert run_cli(*RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent).returncode == 0
+    return run_dir
+
+
+def test_two_processes_make_one_run_with_the_numbers_of_one_process(single, tmp_path):
+    result = torchrun(*RUN, cwd=tmp_path)  # no hydra.run.dir: the processes must agree on one
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run_dir] = [p.parent for p in (tmp_path / "outputs").rglob("metrics.json")]
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # one writer
+    parallel, alone = metrics(run_dir), metrics(single)
+    assert parallel["status"] == "completed" and parallel["processes"] == 2
+    assert parallel["steps"] == alone["steps"] == 12  # the global batch is unchanged
+    for split in ("val", "test"):
+        for name, value in alone[split].items():
+            assert parallel[split][name] == pytest.approx(value, rel=1e-5), (split, name)
+    assert parallel["history"]["train_loss"] == pytest.approx(
+        alone["history"]["train_loss"], rel=1e-5
+    )
+    assert result.stdout.count("trainlab: completed") == 1  # one console
+
+
+def test_a_failing_process_ends_the_run_within_seconds(tmp_path):
+    start = time.monotonic()
+    driver = (
+        f"{REPO / 'tests' / 'kill_driver.py'} --after-batches=5 --kill-with=RAISE --only-rank=1 --"
+    )
+    result = torchrun(
+        *RUN, "epochs=50", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, script=driver
+    )
+    assert result.returncode != 0
+    assert time.monotonic() - start < 60
+    assert "a failure in this process only" in result.stderr
+
+
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_numbers(tmp_path):
+    reference, run_dir = tmp_path / "reference", tmp_path / "run"
+    assert torchrun(*RUN, DROPOUT, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
+    driver = f"{REPO / 'tests' / 'kill_driver.py'} --after-batches=5 --only-rank=0 --"
+    killed = torchrun(*RUN, DROPOUT, f"hydra.run.dir={run_dir}", cwd=tmp_path, script=driver)
+    assert killed.returncode != 0
+    assert metrics(run_dir)["status"] == "running"
+    resumed = torchrun(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run_dir, reference)
+    assert scalars(run_dir) == scalars(reference)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optimizer=lbfgs"], "optimizer=lbfgs decides its line search"),
+        (["batch_size=63"], "does not divide among 2 processes"),
+    ],
+)
+def test_what_data_parallel_cannot_do_is_refused(overrides, message, tmp_path):
+    result = torchrun(*TINY, *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "trainlab: error: " in result.stderr and message in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,97 @@
+"""Data-parallel runs on PyTorch's own engine: torchrun starts the processes, this joins them.
+
+Every process trains the same model on its slice of each global batch under
+DistributedDataParallel; process 0 alone writes the run's files. Sums that are read back
+(losses, metrics) are added across processes, so the numbers equal a one-process run's.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the ones torchrun (or SLURM) started."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.world > 1
+
+
+def from_environment(environ: dict[str, str] | None = None) -> Processes:
+    """Read torchrun's RANK, WORLD_SIZE and LOCAL_RANK (a single process without them)."""
+    environ = dict(os.environ if environ is None else environ)
+    if "WORLD_SIZE" not in environ:
+        return Processes()
+    return Processes(
+        int(environ.get("RANK", 0)), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0))
+    )
+
+
+def join(processes: Processes) -> None:
+    """Join the process group: nccl when every process has a GPU, gloo otherwise."""
+    if processes.parallel and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(processes.local_rank)
+        dist.init_process_group(backend)
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast(value: Any, processes: Processes) -> Any:
+    """Process 0's ``value``, on every process."""
+    if not processes.parallel:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over all processes (itself in a single process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when it is true on any (a stop request, say)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    if dist.get_backend() == "nccl":
+        value = value.cuda()
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather(value: Any, processes: Processes) -> list[Any]:
+    """Every process's ``value``, in rank order, on every process."""
+    if not processes.parallel:
+        return [value]
+    # Tensors travel serialized: all_gather_object cannot pickle some (the RNG's byte tensors).
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    values: list[Any] = [None] * processes.world
+    dist.all_gather_object(values, buffer.getvalue())
+    return [torch.load(io.BytesIO(data), weights_only=True) for data in values]
