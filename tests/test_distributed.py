@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ENV, REPO, TINY, run_cli
-from tests.test_resume import assert_same_run, scalars
+from tests.test_resume import assert_same_run
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="needs torchrun")
 RUN = (*TINY, "log_every_steps=2", "checkpoint.every_steps=3")
@@ -23,7 +23,8 @@ DROPOUT = "model.dropout=0.1"
 
 
 def torchrun(*args: str, cwd: Path, script: str = "-m trainlab") -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
+    # --standalone: a free port of its own, so runs at the same time never meet
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     return subprocess.run(
         [*command, *script.split(), *args],
         cwd=cwd, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
@@ -71,17 +72,35 @@ def test_a_failing_process_ends_the_run_within_seconds(tmp_path):
     assert "a failure in this process only" in result.stderr
 
 
-def test_a_killed_two_process_run_resumes_to_the_uninterrupted_numbers(tmp_path):
-    reference, run_dir = tmp_path / "reference", tmp_path / "run"
-    assert torchrun(*RUN, DROPOUT, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
-    driver = f"{REPO / 'tests' / 'kill_driver.py'} --after-batches=5 --only-rank=0 --"
-    killed = torchrun(*RUN, DROPOUT, f"hydra.run.dir={run_dir}", cwd=tmp_path, script=driver)
-    assert killed.returncode != 0
-    assert metrics(run_dir)["status"] == "running"
+@pytest.fixture(scope="module")
+def parallel_reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("parallel") / "run"
+    result = torchrun(*RUN, DROPOUT, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.parametrize("how", ["KILL", "INT"])
+def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_numbers(
+    how, parallel_reference, tmp_path
+):
+    """SIGKILL of process 0 (torchrun ends the other), or a Ctrl-C that reaches process 0
+    only: both processes must stop after the same step for the checkpoint to be whole."""
+    run_dir = tmp_path / "run"
+    driver = (
+        f"{REPO / 'tests' / 'kill_driver.py'} --after-batches=5 --kill-with={how} --only-rank=0 --"
+    )
+    stopped = torchrun(*RUN, DROPOUT, f"hydra.run.dir={run_dir}", cwd=tmp_path, script=driver)
+    assert stopped.returncode != 0
+    expected = {"KILL": "running", "INT": "interrupted"}[how]
+    assert metrics(run_dir)["status"] == expected
+    if how == "INT":
+        assert "torchrun --nproc-per-node=2 -m trainlab resume=" in metrics(run_dir)["message"]
+        assert stopped.stderr.count("trainlab: interrupted by SIGINT") == 1  # process 0 only
     resumed = torchrun(f"resume={run_dir}", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_run(run_dir, reference)
-    assert scalars(run_dir) == scalars(reference)
+    lines = [line for line in resumed.stderr.splitlines() if "trainlab" in line]
+    assert resumed.returncode == 0, lines
+    assert_same_run(run_dir, parallel_reference)
 
 
 @pytest.mark.parametrize(

@@ -125,6 +125,20 @@ class _DeferredLogFile:
         self.held = []
 
 
+def _resume_hint(
+    run_dir: Path, multirun: bool, hydra_config: DictConfig, processes: Processes
+) -> str:
+    """How to continue this run if it is stopped: the command to type."""
+    if multirun:
+        return f"run the same sweep command again with hydra.sweep.dir={hydra_config.sweep.dir}"
+    if processes.parallel:
+        return (
+            f"continue it with: torchrun --nproc-per-node={processes.world} -m trainlab "
+            f"resume={run_dir}"
+        )
+    return f"continue it with: trainlab resume={run_dir}"
+
+
 def _plan_on_process_zero(
     config: DictConfig, run_dir: Path, overrides: list[str], multirun: bool, processes: Processes
 ) -> tuple[str, DictConfig]:
@@ -205,22 +219,19 @@ def _main(config: DictConfig) -> float | None:
                 stop_requested=stop,
                 config_files=files,
                 on_start=log_file.release,
-                resume_hint=(
-                    "run the same sweep command again with "
-                    f"hydra.sweep.dir={hydra_config.sweep.dir} to resume it"
-                    if multirun
-                    else None
-                ),
+                resume_hint=_resume_hint(run_dir, multirun, hydra_config, processes),
             )
             if metrics["status"] == "interrupted":
                 stop.hand_over()  # under submitit: requeue the job, which resumes this run
-                print(
-                    f"trainlab: interrupted by {stop.signal_name}: {metrics['message']}",
-                    file=sys.stderr,
-                )
+                if processes.main:
+                    print(
+                        f"trainlab: interrupted by {stop.signal_name}: {metrics['message']}",
+                        file=sys.stderr,
+                    )
                 raise SystemExit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
-        print(f"trainlab: interrupted; {run_dir} is marked interrupted", file=sys.stderr)
+        if processes.main:
+            print(f"trainlab: interrupted; {run_dir} is marked interrupted", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None  # a sweep stops here too
     except (UserError, OmegaConfBaseException) as error:
         if isinstance(error, OmegaConfBaseException):  # a ${...} or ??? the checks did not reach

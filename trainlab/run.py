@@ -402,8 +402,8 @@ def run(
     saved = load_checkpoint(checkpoint_path) if resume else None
     if saved is not None:
         _check_resumable(saved, config, experiment, checkpoint_path)
-        for leftover in run_dir.glob(".*.tmp"):  # a write the kill cut short
-            leftover.unlink(missing_ok=True)
+        for leftover in run_dir.glob(".*.tmp") if experiment.processes.main else ():
+            leftover.unlink(missing_ok=True)  # a write the kill cut short
 
     metrics_path = run_dir / "metrics.json"
     previous = read_json(metrics_path) if resume else None
@@ -508,6 +508,8 @@ def _train(
         schedule.scheduler.load_state_dict(saved["schedule"])
         loader.load_state_dict(own["loader"])
         state = FitState.from_state_dict(saved["engine"], device)
+        if processes.parallel:
+            state.sums = own["sums"].to(device)
         restore_rng_states(own["rng"])
         log.info("resuming %s at epoch %d, step %d", run_dir, state.epochs_finished + 1, state.step)
     names = metric_names(spec)
@@ -532,8 +534,8 @@ def _train(
     checkpoint_path = run_dir / CHECKPOINT_NAME
 
     def save(fit_state: FitState) -> None:
-        # Each process's own random streams; process 0 writes them all.
-        own = {"rng": rng_states(), "loader": loader.state_dict()}
+        # Each process's own random streams and running loss sums; process 0 writes them all.
+        own = {"rng": rng_states(), "loader": loader.state_dict(), "sums": fit_state.sums}
         every = gather(own, processes)
         if not main:
             return
