@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from trainlab.distributed import Processes, broadcast, from_environment, join, leave
 from trainlab.errors import UserError
 from trainlab.files import read_json, write_json
+from trainlab.gpu_slots import SLOTS_FOLDER, claim_gpu
 from trainlab.interrupts import GracefulStop
 from trainlab.loggers import make_console
 from trainlab.preflight import explain
@@ -80,6 +82,31 @@ def _run_dir_resolver(resume: str | None, default: str) -> str:
 
 
 OmegaConf.register_new_resolver("trainlab_run_dir", _run_dir_resolver, replace=True)
+
+
+def _gpu_jobs(members_per_gpu: int) -> int:
+    """hydra/launcher=gpus: members at once, ``members_per_gpu`` on each GPU (one on a CPU)."""
+    import torch
+
+    return max(1, torch.cuda.device_count()) * int(members_per_gpu)
+
+
+OmegaConf.register_new_resolver("trainlab_gpu_jobs", _gpu_jobs, replace=True)
+
+
+@contextlib.contextmanager
+def _gpu_for_member(config: DictConfig, sweep_dir: str, multirun: bool) -> Iterator[None]:
+    """A sweep member on a GPU machine holds a slot on one GPU while it runs (device=auto)."""
+    import torch
+
+    count = torch.cuda.device_count() if multirun and config.get("device") == "auto" else 0
+    if count == 0:
+        yield
+        return
+    with claim_gpu(Path(sweep_dir) / SLOTS_FOLDER, count, config.members_per_gpu) as gpu:
+        torch.cuda.set_device(gpu)  # device=auto now means this GPU; the config is unchanged
+        log.info("running on GPU %d", gpu)
+        yield
 
 
 def _objective(metrics: dict[str, Any]) -> float | None:
@@ -207,7 +234,7 @@ def _main(config: DictConfig) -> float | None:
             OmegaConf.to_container(config, resolve=True),
         ):
             files = {"config.yaml": config}  # epochs extended: the folder says what it now holds
-        with GracefulStop() as stop:
+        with _gpu_for_member(config, hydra_config.sweep.dir, multirun), GracefulStop() as stop:
             metrics = run(
                 config,
                 run_dir,

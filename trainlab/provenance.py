@@ -25,7 +25,9 @@ from trainlab.files import atomic_write, read_json, write_json
 
 # Keys that say where things are, not what the experiment is: left out of the config hash.
 # Keys that change where or how a run executes, never its numbers.
-RUNTIME_ONLY = ("dataset.root", "dataset.download", "resume", "checkpoint", "cpu_threads")
+RUNTIME_ONLY = (
+    "dataset.root", "dataset.download", "resume", "checkpoint", "cpu_threads", "members_per_gpu",
+)  # fmt: skip
 PACKAGES = ("trainlab", "torch", "torchvision", "hydra-core", "omegaconf", "tensorboard")
 
 

@@ -77,6 +77,7 @@ class RunSettings:
     compile: bool
     restore_best: bool
     checkpoint: dict
+    members_per_gpu: int
     resume: str | None
     early_stopping: dict
 
@@ -100,7 +101,10 @@ def read_run_settings(config: Mapping[str, Any]) -> RunSettings:
     require(
         0 <= settings.seed < 2**63, f"seed must be in [0, 2^63), got {settings.seed} (e.g. seed=0)"
     )
-    for key in ("epochs", "batch_size", "log_every_steps", "eval_every_epochs", "eval_batch_size"):
+    for key in (
+        "epochs", "batch_size", "log_every_steps", "eval_every_epochs", "eval_batch_size",
+        "members_per_gpu",
+    ):  # fmt: skip
         value = getattr(settings, key)
         require(value >= 1, f"{key} must be >= 1, got {value} (e.g. {key}=10)")
     cores = os.cpu_count() or 1

@@ -1,0 +1,57 @@
+"""GPU slots for sweeps that fill the hardware, on a fake list of GPUs (CI has none)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+from trainlab.gpu_slots import claim_gpu, slot_order
+
+
+def test_members_spread_over_gpus_before_sharing_one():
+    assert slot_order(3, 2) == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]
+    assert slot_order(1, 1) == [(0, 0)]
+
+
+def test_each_member_gets_a_free_slot_and_the_next_waits_for_one(tmp_path):
+    with contextlib.ExitStack() as held:
+        gpus = [
+            held.enter_context(claim_gpu(tmp_path, gpus=2, members_per_gpu=2)) for _ in range(4)
+        ]
+        assert gpus == [0, 1, 0, 1]  # four slots on two GPUs, all taken now
+        got: list[int] = []
+        waiting = threading.Thread(target=lambda: got.append(_claim_once(tmp_path)))
+        waiting.start()
+        time.sleep(0.3)
+        assert not got  # no slot free: it waits
+    waiting.join(timeout=5)  # the slots were released: it got one
+    assert got == [0]
+
+
+def _claim_once(folder) -> int:
+    with claim_gpu(folder, gpus=2, members_per_gpu=2, poll_seconds=0.05) as gpu:
+        return gpu
+
+
+def test_a_slot_is_free_again_after_its_member_ends(tmp_path):
+    with claim_gpu(tmp_path, gpus=1, members_per_gpu=1) as first:
+        assert first == 0
+    with claim_gpu(tmp_path, gpus=1, members_per_gpu=1, poll_seconds=0.05) as again:
+        assert again == 0
+
+
+def test_the_gpus_launcher_runs_gpus_times_members_per_gpu_at_once():
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from trainlab.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        config = compose(
+            "config",
+            overrides=["hydra/launcher=gpus", "members_per_gpu=3"],
+            return_hydra_config=True,
+        )
+    assert config.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert config.hydra.launcher.n_jobs == max(1, torch.cuda.device_count()) * 3
