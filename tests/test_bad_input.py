@@ -135,25 +135,55 @@ CASES = [
         ["-m", "optimizer.lr=0.01,-1", "hydra.sweep.dir={root}/outputs/sweep"],
         "1 of 2 sweep members are invalid",
     ),
-]
-CASES += [
-    ("resume with fewer epochs", ["resume={root}/outputs/finished", "epochs=2"], "can only extend it"),
-    ("resume changing the device", ["resume={root}/outputs/finished", "device=cpu", "epochs=5"], "changes device"),
-    ("resume into another folder", ["resume={root}/outputs/finished", "epochs=5", "hydra.run.dir={root}/outputs/elsewhere"], "continues the run in its own folder"),
+    (
+        "resume with fewer epochs",
+        ["resume={root}/outputs/finished", "epochs=2"],
+        "can only extend it",
+    ),
+    (
+        "resume changing the device",
+        ["resume={root}/outputs/finished", "device=cpu", "epochs=5"],
+        "changes device",
+    ),
+    (
+        "resume into another folder",
+        ["resume={root}/outputs/finished", "epochs=5", "hydra.run.dir={root}/outputs/elsewhere"],
+        "continues the run in its own folder",
+    ),
     ("resume deleting a group", ["resume={root}/outputs/finished", "~loss"], "changes loss"),
-    ("run folder in use", ["hydra.run.dir={root}/outputs/busy"], "is being run right now by process"),
-    ("run folder inside a run", ["hydra.run.dir={root}/outputs/finished/sub"], "lies inside the run folder"),
+    (
+        "run folder in use",
+        ["hydra.run.dir={root}/outputs/busy"],
+        "is being run right now by process",
+    ),
+    (
+        "run folder inside a run",
+        ["hydra.run.dir={root}/outputs/finished/sub"],
+        "lies inside the run folder",
+    ),
     ("run folder with other files", ["hydra.run.dir={root}"], "already holds other files"),
     ("group deleted", ["~loss"], "loss: no option chosen"),
     ("interpolation to nowhere", ["optimizer.lr=${nope}"], "Interpolation key 'nope' not found"),
     ("infinite lr", ["optimizer.lr=inf"], "optimizer.lr must be > 0 and finite"),
-    ("rmsprop alpha above 1", ["optimizer=rmsprop", "optimizer.alpha=2"], "optimizer.alpha must be in [0, 1)"),
+    (
+        "rmsprop alpha above 1",
+        ["optimizer=rmsprop", "optimizer.alpha=2"],
+        "optimizer.alpha must be in [0, 1)",
+    ),
     ("data too large for memory", ["dataset.train_size=1000000000000"], "lower dataset.train_size"),
     ("model too large for memory", ["model.hidden_sizes=[10000000000]"], "cannot be built here"),
     ("too many threads", ["cpu_threads=100000"], "cpu_threads must be null or 1.."),
-    ("sweep members sharing a folder", ["-m", "seed=0,1", "hydra.sweep.subdir=x", "hydra.sweep.dir={root}/outputs/sweep"], "would share its folder"),
-    ("empty sweep", ["-m", "seed=range(3,0)", "hydra.sweep.dir={root}/outputs/sweep"], "the sweep has no members"),
-]  # fmt: skip
+    (
+        "sweep members sharing a folder",
+        ["-m", "seed=0,1", "hydra.sweep.subdir=x", "hydra.sweep.dir={root}/outputs/sweep"],
+        "would share its folder",
+    ),
+    (
+        "empty sweep",
+        ["-m", "seed=range(3,0)", "hydra.sweep.dir={root}/outputs/sweep"],
+        "the sweep has no members",
+    ),
+]
 if not torch.cuda.is_available():
     CASES.append(
         ("cuda on a machine without", ["device=cuda"], "device=cuda but torch sees no CUDA GPU")

@@ -5,18 +5,20 @@ the run; a killed run resumes."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import ENV, REPO, TINY, run_cli
 from tests.test_resume import assert_same_run
 
-pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="needs torchrun")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="this torch build has no torch.distributed"
+)
 RUN = (*TINY, "log_every_steps=2", "checkpoint.every_steps=3")
 # Dropout draws per process, so only a run without it can match one process's numbers.
 DROPOUT = "model.dropout=0.1"

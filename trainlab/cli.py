@@ -38,7 +38,7 @@ from trainlab.resume import (
     saved_config,
 )
 from trainlab.run import check_complete, run
-from trainlab.sweep import preflight, sweep_members
+from trainlab.sweep import preflight, sweep_members, task_config
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 EXIT_USER_ERROR = 2
@@ -295,8 +295,8 @@ def _interrupt(signal_number: int, frame: Any) -> None:
 def _check_command_line(argv: list[str]) -> str | None:
     """Compose the config as Hydra is about to; a mistake becomes one line with a did-you-mean.
 
-    A sweep's members are checked one by one later, by trainlab's sweeper; here the command's
-    fixed overrides are.
+    For a sweep, the fixed overrides are composed first (as Hydra does), then every member
+    (trainlab.sweep.preflight).
     """
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
@@ -327,9 +327,8 @@ def _check_command_line(argv: list[str]) -> str | None:
         if members is not None:
             problem = preflight(members, compose_overrides)
     elif problem is None and config.get("resume") is None:
-        task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         try:
-            check_complete(task)
+            check_complete(task_config(config))
         except UserError as error:
             problem = str(error)
     return problem
@@ -357,8 +356,7 @@ def _join_processes(argv: list[str]) -> Processes:
     join(processes)
     if "-m" in argv or "--multirun" in argv:
         raise UserError(
-            "torchrun runs one experiment at a time; start sweeps with trainlab -m (members "
-            "that are data-parallel run under hydra/launcher=slurm)"
+            "torchrun runs one experiment at a time; start sweeps with trainlab -m outside torchrun"
         )
     if not any(arg.startswith(("hydra.run.dir=", "resume=")) for arg in argv):
         stamp = datetime.now().strftime("outputs/runs/%Y-%m-%d/%H-%M-%S-%f")

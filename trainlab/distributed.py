@@ -7,6 +7,7 @@ DistributedDataParallel; process 0 alone writes the run's files. Sums that are r
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from dataclasses import dataclass
@@ -74,14 +75,19 @@ def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+@functools.cache
+def _host_group() -> Any:
+    """A gloo group for small host-side agreements: on nccl they would wait for the GPU."""
+    return dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else None
+
+
 def any_process(flag: bool) -> bool:
-    """True on every process when it is true on any (a stop request, say)."""
+    """True on every process when it is true on any (a stop request, say). Polled after every
+    step, so it stays on the host: no GPU synchronization."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return flag
     value = torch.tensor([1.0 if flag else 0.0])
-    if dist.get_backend() == "nccl":
-        value = value.cuda()
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_host_group())
     return bool(value.item())
 
 

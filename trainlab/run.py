@@ -317,7 +317,11 @@ def _check_parallel(
 
 
 def _check_resumable(
-    saved: dict[str, Any], config: DictConfig, experiment: Experiment, path: Path
+    saved: dict[str, Any],
+    config: DictConfig,
+    experiment: Experiment,
+    path: Path,
+    previous: Mapping[str, Any],
 ) -> None:
     """Refuse a checkpoint written for another experiment, or one with nothing left to do."""
     plain = OmegaConf.to_container(config, resolve=True)
@@ -345,7 +349,7 @@ def _check_resumable(
     schedule = experiment.training[2]
     # A run killed after its last checkpoint but before writing its results still needs them:
     # only metrics.json says whether it truly finished.
-    finished = (read_json(path.parent / "metrics.json") or {}).get("status") in FINISHED
+    finished = previous.get("status") in FINISHED  # what metrics.json says
     planned = saved["config"]["epochs"]
     if epochs < planned:
         raise UserError(
@@ -403,14 +407,14 @@ def run(
     started, clock = _now(), time.perf_counter()
     experiment = build_experiment(config)
     checkpoint_path = run_dir / CHECKPOINT_NAME
+    metrics_path = run_dir / "metrics.json"
     saved = load_checkpoint(checkpoint_path) if resume else None
+    previous = (read_json(metrics_path) or {}) if saved is not None else {}
     if saved is not None:
-        _check_resumable(saved, config, experiment, checkpoint_path)
+        _check_resumable(saved, config, experiment, checkpoint_path, previous)
         for leftover in run_dir.glob(".*.tmp") if experiment.processes.main else ():
             leftover.unlink(missing_ok=True)  # a write the kill cut short
 
-    metrics_path = run_dir / "metrics.json"
-    previous = read_json(metrics_path) if resume else None
     main = experiment.processes.main  # in a data-parallel run, process 0 writes the files
     if on_start is not None:
         on_start()

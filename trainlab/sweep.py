@@ -7,7 +7,6 @@ into the same folder will do (``12 runs: 9 done, 2 resume, 1 rerun``).
 
 from __future__ import annotations
 
-import copy
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from rich.table import Table
 
 from trainlab.errors import UserError
@@ -79,12 +78,9 @@ class SweepSummary(Callback):
             raise SystemExit(1)
 
 
-def _task_config(member: DictConfig) -> DictConfig:
-    """A member's config as the task function sees it: without the hydra node."""
-    task = copy.deepcopy(member)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    return task
+def task_config(config: DictConfig) -> DictConfig:
+    """A composed config as the task function sees it: without the hydra node."""
+    return OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
 
 
 def check_members(members: Sequence[list[str]], compose: Compose) -> tuple[Counter, list[str]]:
@@ -109,7 +105,7 @@ def check_members(members: Sequence[list[str]], compose: Compose) -> tuple[Count
                     "${hydra.job.override_dirname} or ${hydra.job.num} in hydra.sweep.subdir"
                 )
             folders[run_dir] = name
-            task = _task_config(member)
+            task = task_config(member)
             build_experiment(task)
             action, _ = plan_run(task, run_dir, list(overrides), multirun=True)
             actions[action] += 1
