@@ -179,6 +179,42 @@ CASES = [
         "would share its folder",
     ),
     (
+        "slurm members whose batch does not divide among their GPUs",
+        [
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.gpus_per_node=4",
+            "batch_size=66",
+            "seed=0,1",
+            "hydra.sweep.dir={root}/outputs/sweep",
+        ],
+        "batch_size=66 (the global batch) does not divide among 4 processes",
+    ),
+    (
+        "slurm members on lbfgs across nodes",
+        [
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.nodes=2",
+            "optimizer=lbfgs",
+            "seed=0,1",
+            "hydra.sweep.dir={root}/outputs/sweep",
+        ],
+        "optimizer=lbfgs decides its line search from each process's own loss, so 2",
+    ),
+    (
+        "slurm members without tasks",
+        [
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.gpus_per_node=0",
+            "seed=0,1",
+            "hydra.sweep.dir={root}/outputs/sweep",
+        ],
+        "hydra.launcher.tasks_per_node=0 and hydra.launcher.nodes=1 must be whole numbers",
+    ),
+    ("--cfg with -m", ["-m", "seed=0,1", "--cfg", "hydra"], "--cfg shows one run's config"),
+    (
         "empty sweep",
         ["-m", "seed=range(3,0)", "hydra.sweep.dir={root}/outputs/sweep"],
         "the sweep has no members",

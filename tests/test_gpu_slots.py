@@ -55,3 +55,32 @@ def test_the_gpus_launcher_runs_gpus_times_members_per_gpu_at_once():
         )
     assert config.hydra.launcher._target_.endswith("JoblibLauncher")
     assert config.hydra.launcher.n_jobs == max(1, torch.cuda.device_count()) * 3
+
+
+def test_only_the_gpus_launcher_pins_members_to_gpu_slots(tmp_path, monkeypatch):
+    """Under hydra/launcher=gpus a member takes a slot and sets its GPU; under SLURM (members
+    on other nodes share the sweep folder) and others it leaves placement to the launcher."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from trainlab.cli import _gpu_for_member
+    from trainlab.gpu_slots import SLOTS_FOLDER
+
+    chosen: list[int] = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    config = OmegaConf.create({"device": "auto", "members_per_gpu": 1})
+
+    def hydra(launcher: str):
+        return OmegaConf.create(
+            {"runtime": {"choices": {"hydra/launcher": launcher}}, "sweep": {"dir": str(tmp_path)}}
+        )
+
+    for launcher in ("slurm", "joblib", "basic"):
+        with _gpu_for_member(config, hydra(launcher)):
+            pass
+    assert chosen == [] and not (tmp_path / SLOTS_FOLDER).exists()
+    with _gpu_for_member(config, hydra("gpus")), _gpu_for_member(config, hydra("gpus")):
+        assert chosen == [0, 1]  # two members at once: one on each GPU
+    with _gpu_for_member(OmegaConf.create({"device": "cpu", "members_per_gpu": 1}), hydra("gpus")):
+        assert chosen == [0, 1]  # an explicit device is the user's choice

@@ -225,21 +225,6 @@ def test_optuna_search_preset_runs_trials_and_maximizes_validation_accuracy(tmp_
 
 
 @needs_plugin["submitit"]
-def test_slurm_launcher_config_composes(tmp_path):
-    result = run_cli(
-        "--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr
-    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
-    assert (
-        launcher["_target_"]
-        == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    )
-    assert launcher["partition"] == "gpu" and launcher["gpus_per_node"] == 1
-    assert launcher["timeout_min"] == 60 and launcher["tasks_per_node"] == 1
-
-
-@needs_plugin["submitit"]
 def test_submitit_local_launcher_runs_a_job(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(

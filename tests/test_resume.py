@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -176,6 +177,23 @@ def test_a_run_killed_before_its_first_checkpoint_is_run_again_by_the_same_comma
     assert_same_run(run_dir, reference)
 
 
+def test_a_run_killed_as_it_started_is_run_again_by_the_same_command(reference, tmp_path):
+    """Killed after writing .hydra/ but before metrics.json (a node lost at start-up): the
+    folder holds only the config and a half-written temporary file."""
+    run_dir = tmp_path / "run"
+    assert run_cli(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+    for path in run_dir.iterdir():
+        if path.name != ".hydra":
+            path.unlink()
+    (run_dir / ".metrics.json.x1y2z3.tmp").write_text('{"status": "runn')
+    other = run_cli(*RUN, "seed=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert other.returncode == 2 and "holds a run of another config" in other.stderr
+    again = run_cli(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert not list(run_dir.glob(".*.tmp"))
+    assert_same_run(run_dir, reference)
+
+
 def test_trimming_events_twice_after_a_kill_duplicates_nothing(tmp_path):
     """A kill between rewriting the first event file and deleting the others leaves both."""
     from torch.utils.tensorboard import SummaryWriter
@@ -267,3 +285,19 @@ def test_every_optimizer_schedule_and_regularizer_resumes_exactly(option, tmp_pa
     _quiet_run(overrides, tmp_path / "b", resume=True)
     assert_same_run(tmp_path / "b", tmp_path / "a")
     assert expected["status"] in ("completed", "early_stopped")
+
+
+def test_a_run_stopped_at_an_epochs_last_step_resumes_without_a_schedule_warning(tmp_path):
+    """The resumed run steps the epoch schedule for the finished epoch before its first
+    optimizer step; torch's order check would call that a misuse. It is not: the numbers match."""
+    overrides = [*RUN, "epochs=3", "schedule=constant"]
+    _quiet_run(overrides, tmp_path / "a")
+    polls = iter(range(1000))
+    stop_after_fourth_step = lambda: next(polls) == 3  # noqa: E731  (4 steps per epoch)
+    stopped = _quiet_run(overrides, tmp_path / "b", stop_requested=stop_after_fourth_step)
+    assert stopped["status"] == "interrupted" and "after step 4" in stopped["message"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _quiet_run(overrides, tmp_path / "b", resume=True)
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+    assert_same_run(tmp_path / "b", tmp_path / "a")

@@ -24,7 +24,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainlab.distributed import Processes, broadcast, from_environment, join, leave
+from trainlab.distributed import (
+    Processes,
+    broadcast,
+    export_submitit_tasks,
+    from_environment,
+    join,
+    leave,
+    process_group,
+    wait_for_all,
+)
 from trainlab.errors import UserError
 from trainlab.files import read_json, write_json
 from trainlab.gpu_slots import SLOTS_FOLDER, claim_gpu
@@ -94,16 +103,26 @@ def _gpu_jobs(members_per_gpu: int) -> int:
 OmegaConf.register_new_resolver("trainlab_gpu_jobs", _gpu_jobs, replace=True)
 
 
+GPU_LAUNCHER = "gpus"  # conf/hydra/launcher/gpus.yaml
+
+
 @contextlib.contextmanager
-def _gpu_for_member(config: DictConfig, sweep_dir: str, multirun: bool) -> Iterator[None]:
-    """A sweep member on a GPU machine holds a slot on one GPU while it runs (device=auto)."""
+def _gpu_for_member(config: DictConfig, hydra_config: DictConfig) -> Iterator[None]:
+    """Under hydra/launcher=gpus, a member holds a slot on one GPU while it runs (device=auto).
+
+    Other launchers place members themselves (SLURM gives each job its GPUs), and their
+    members may share a sweep folder across nodes, where the slot files would not mean one GPU.
+    """
     import torch
 
-    count = torch.cuda.device_count() if multirun and config.get("device") == "auto" else 0
+    chosen = hydra_config.runtime.choices.get("hydra/launcher") == GPU_LAUNCHER
+    count = torch.cuda.device_count() if chosen and config.get("device") == "auto" else 0
     if count == 0:
         yield
         return
-    with claim_gpu(Path(sweep_dir) / SLOTS_FOLDER, count, config.members_per_gpu) as gpu:
+    with claim_gpu(
+        Path(hydra_config.sweep.dir) / SLOTS_FOLDER, count, config.members_per_gpu
+    ) as gpu:
         torch.cuda.set_device(gpu)  # device=auto now means this GPU; the config is unchanged
         log.info("running on GPU %d", gpu)
         yield
@@ -141,6 +160,13 @@ class _DeferredLogFile:
 
     def discard(self) -> None:
         self._restore(write=False)
+
+    def drop(self) -> None:
+        """Never write to the run's log (a data-parallel run's other processes: process 0's)."""
+        for memory, handler in self.held:
+            self.root.removeHandler(memory)
+            handler.close()
+        self.held = []
 
     def _restore(self, write: bool) -> None:
         for memory, handler in self.held:
@@ -201,14 +227,25 @@ def _discard_if_unused(run_dir: Path, log_name: str) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _main(config: DictConfig) -> float | None:
+    """Hydra's task function: one run, or one sweep member (in whichever process the launcher
+    starts it: this one, a joblib worker, or each task of a SLURM job)."""
+    export_submitit_tasks()  # a SLURM member of several tasks: they become one run's processes
+    processes = from_environment()
+    log_file = _DeferredLogFile()
+    if not processes.main:  # quiet unless it fails (torchrun's are quieted before Hydra starts)
+        log_file.drop()
+        logging.getLogger().setLevel(logging.WARNING)
+    with process_group(processes):
+        return _run_task(config, processes, log_file)
+
+
+def _run_task(config: DictConfig, processes: Processes, log_file: _DeferredLogFile) -> float | None:
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     multirun = hydra_config.mode == RunMode.MULTIRUN
     overrides = list(hydra_config.overrides.task)
     title = run_name(hydra_config.job.override_dirname, 0) if multirun else "trainlab"
     action = None
-    log_file = _DeferredLogFile()
-    processes = from_environment()
     try:
         action, config = _plan_on_process_zero(config, run_dir, overrides, multirun, processes)
         if action == "rerun" and processes.main:
@@ -234,7 +271,7 @@ def _main(config: DictConfig) -> float | None:
             OmegaConf.to_container(config, resolve=True),
         ):
             files = {"config.yaml": config}  # epochs extended: the folder says what it now holds
-        with _gpu_for_member(config, hydra_config.sweep.dir, multirun), GracefulStop() as stop:
+        with _gpu_for_member(config, hydra_config), GracefulStop() as stop:
             metrics = run(
                 config,
                 run_dir,
@@ -249,12 +286,16 @@ def _main(config: DictConfig) -> float | None:
                 resume_hint=_resume_hint(run_dir, multirun, hydra_config, processes),
             )
             if metrics["status"] == "interrupted":
+                wait_for_all()  # process 0 has written the checkpoint and metrics.json
                 stop.hand_over()  # under submitit: requeue the job, which resumes this run
                 if processes.main:
                     print(
                         f"trainlab: interrupted by {stop.signal_name}: {metrics['message']}",
                         file=sys.stderr,
                     )
+                elif stop.requeue_requested:
+                    # Exit 0: a failed task would make srun end process 0 before it requeues.
+                    return None
                 raise SystemExit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         if processes.main:
@@ -265,7 +306,7 @@ def _main(config: DictConfig) -> float | None:
             error = UserError(f"{str(error).strip().splitlines()[0]}; check the overrides")
         if processes.main:  # the other processes of a data-parallel run exit quietly
             print(f"trainlab: error: {error}", file=sys.stderr)
-        if multirun:  # a member's own folder: record the failure for the sweep's table
+        if multirun and processes.main:  # its folder: record the failure for the sweep's table
             recorded = (read_json(run_dir / "metrics.json") or {}).get("status")
             if action in ("new", "rerun", "resume") and recorded in (
                 None,
@@ -273,13 +314,15 @@ def _main(config: DictConfig) -> float | None:
                 "interrupted",
             ):
                 write_json(run_dir / "metrics.json", {"status": "failed", "error": str(error)})
+        if multirun:
             return None  # a search sweeper records a failed trial
         _discard_if_unused(run_dir, f"{hydra_config.job.name}.log")
         raise SystemExit(EXIT_USER_ERROR) from None
     except Exception:
         # A bug, not a user mistake (run() recorded it): keep the traceback, but let the rest
-        # of a sweep go on.
-        if not multirun:
+        # of a sweep go on. A data-parallel member exits non-zero instead: its launcher
+        # (torchrun, srun) then ends the other processes, which would wait for this one.
+        if not multirun or processes.parallel:
             raise
         log.error("run failed:\n%s", traceback.format_exc())
         return None
@@ -307,6 +350,11 @@ def _check_command_line(argv: list[str]) -> str | None:
         return None  # Hydra's own modes, or a config folder of the user's: Hydra reports
     if args.config_path or args.config_name or args.experimental_rerun:
         return None
+    if args.cfg and args.multirun:  # Hydra would raise a ValueError with a traceback
+        return (
+            "--cfg shows one run's config and cannot be combined with -m; drop -m (a sweep's "
+            "launcher shows with: trainlab hydra/launcher=NAME --cfg hydra -p hydra.launcher)"
+        )
 
     def compose_overrides(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

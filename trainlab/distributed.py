@@ -7,9 +7,11 @@ DistributedDataParallel; process 0 alone writes the run's files. Sums that are r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,18 +46,53 @@ def from_environment(environ: dict[str, str] | None = None) -> Processes:
     )
 
 
+def export_submitit_tasks() -> None:
+    """In a submitit job of several tasks (hydra/launcher=slurm_ddp: one task per GPU, on one
+    node or several), set the RANK, WORLD_SIZE and rendezvous address torchrun would set, from
+    the job's task numbering, so the tasks become one run's processes. Elsewhere: nothing."""
+    if "SUBMITIT_EXECUTOR" not in os.environ or "WORLD_SIZE" in os.environ:
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        # CUDA_VISIBLE_DEVICES stays as SLURM set it; local_gpu() finds each task's GPU in it.
+        submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True
+        )
+
+
+def local_gpu(processes: Processes) -> int:
+    """This process's GPU: its local rank among the GPUs it sees (all of the node's, or only its
+    own when the scheduler binds one GPU to each task)."""
+    return processes.local_rank % max(1, torch.cuda.device_count())
+
+
 def join(processes: Processes) -> None:
     """Join the process group: nccl when every process has a GPU, gloo otherwise."""
     if processes.parallel and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(processes.local_rank)
+            torch.cuda.set_device(local_gpu(processes))
         dist.init_process_group(backend)
 
 
 def leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(processes: Processes) -> Iterator[None]:
+    """The process group for a block: joined and left here unless torchrun's entry point
+    already joined it (it must, to agree on the run folder before Hydra starts)."""
+    if not processes.parallel or dist.is_initialized():
+        yield
+        return
+    join(processes)
+    try:
+        yield
+    finally:
+        leave()
 
 
 def broadcast(value: Any, processes: Processes) -> Any:
@@ -89,6 +126,12 @@ def any_process(flag: bool) -> bool:
     value = torch.tensor([1.0 if flag else 0.0])
     dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_host_group())
     return bool(value.item())
+
+
+def wait_for_all() -> None:
+    """Return when every process has got here (on the host: no GPU work to wait for)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier(group=_host_group())
 
 
 def gather(value: Any, processes: Processes) -> list[Any]:

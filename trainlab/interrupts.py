@@ -48,12 +48,19 @@ class GracefulStop:
             raise KeyboardInterrupt  # the second signal: stop now
         self.received = number
 
-    def hand_over(self) -> None:
-        """After the checkpoint: let submitit's handler requeue the job (it then exits)."""
+    @property
+    def requeue_requested(self) -> bool:
+        """The stop came from submitit's preemption signal: the job is to be requeued."""
         requeue = getattr(signal, REQUEUE_SIGNAL, None)
         previous = self._previous.get(requeue) if requeue is not None else None
-        if self.received is not None and self.received == requeue and callable(previous):
-            previous(self.received, None)
+        return self.received is not None and self.received == requeue and callable(previous)
+
+    def hand_over(self) -> None:
+        """After the checkpoint: let submitit's handler requeue the job (it then exits; in a
+        job of several tasks only task 0 requeues, the others' handler returns)."""
+        if self.requeue_requested:
+            requeue = getattr(signal, REQUEUE_SIGNAL)
+            self._previous[requeue](self.received, None)
 
     @property
     def signal_name(self) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -139,10 +141,14 @@ class LRSchedule:
         """Advance an epoch-based schedule; a plateau schedule needs ``val_loss`` to decide."""
         if self.interval != "epoch":
             return
-        if not self.monitors_val_loss:
-            self.scheduler.step()
-        elif val_loss is not None:
-            self.scheduler.step(val_loss)
+        with warnings.catch_warnings():
+            # A run resumed at an epoch's end steps the schedule for that epoch before this
+            # process's first optimizer step; torch's order check cannot know it was taken.
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
+            if not self.monitors_val_loss:
+                self.scheduler.step()
+            elif val_loss is not None:
+                self.scheduler.step(val_loss)
 
 
 def _base_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -47,8 +47,9 @@ def run_state(run_dir: Path) -> RunState:
     stopped before its first checkpoint; ``busy``: another process is running it;
     ``new``: nothing there yet."""
     metrics = read_json(run_dir / "metrics.json")
-    if metrics is None:
-        return "rerun" if (run_dir / CHECKPOINT_NAME).exists() else "new"
+    if metrics is None:  # nothing there, or a run killed as it started (.hydra/ written)
+        started = [run_dir / CHECKPOINT_NAME, run_dir / ".hydra" / "config.yaml"]
+        return "rerun" if any(path.exists() for path in started) else "new"
     if metrics.get("status") in FINISHED:
         return "done"
     if metrics.get("status") == "running" and _alive(metrics):

@@ -34,7 +34,14 @@ from trainlab.checkpoint import (
     save_checkpoint,
 )
 from trainlab.data import DatasetSpec, InMemoryLoader, describe_dataset, load_dataset
-from trainlab.distributed import Processes, any_process, from_environment, gather, reduce_sum
+from trainlab.distributed import (
+    Processes,
+    any_process,
+    from_environment,
+    gather,
+    local_gpu,
+    reduce_sum,
+)
 from trainlab.engine import FitSettings, FitState, fit
 from trainlab.errors import ConfigError, UserError
 from trainlab.files import OutputError, atomic_write, read_json, write_json
@@ -261,7 +268,7 @@ def build_experiment(config: DictConfig) -> Experiment:
     processes = from_environment()
     device = resolve_device(settings.device)
     if processes.parallel and device.type == "cuda":  # one GPU per process
-        device = torch.device("cuda", processes.local_rank)
+        device = torch.device("cuda", local_gpu(processes))
     spec = describe_dataset(config.dataset)
     loss_fn = build_loss(config.loss, spec)
     optimizer_choice = read_optimizer(config.optimizer)
@@ -278,7 +285,7 @@ def build_experiment(config: DictConfig) -> Experiment:
     channels_last = _channels_last(settings.channels_last, device, network)
     model = for_device(network, device, settings.precision, channels_last, settings.compile)
     if processes.parallel:
-        _check_parallel(settings, optimizer_choice, spec, processes)
+        _check_parallel(settings, optimizer_choice, spec, processes.world)
         # Same weights everywhere (DDP also copies process 0's), then each process its own
         # dropout stream: the same masks on every slice of a batch would be correlated.
         torch.manual_seed(settings.seed + processes.rank)
@@ -291,11 +298,21 @@ def build_experiment(config: DictConfig) -> Experiment:
     )  # fmt: skip
 
 
+def check_data_parallel(config: DictConfig, world: int) -> None:
+    """Whether ``config`` can train as one run of ``world`` processes (a sweep checks its
+    members before a launcher starts them as jobs of that many tasks)."""
+    _check_parallel(
+        read_run_settings(config),
+        read_optimizer(config.optimizer),
+        describe_dataset(config.dataset),
+        world,
+    )
+
+
 def _check_parallel(
-    settings: RunSettings, choice: OptimizerChoice, spec: DatasetSpec, processes: Processes
+    settings: RunSettings, choice: OptimizerChoice, spec: DatasetSpec, world: int
 ) -> None:
     """What data-parallel training cannot do, refused before it starts."""
-    world = processes.world
     require(
         choice.name != "lbfgs",
         f"optimizer=lbfgs decides its line search from each process's own loss, so {world} "

@@ -24,7 +24,7 @@ from trainlab.loggers import make_console
 from trainlab.preflight import Compose, explain
 from trainlab.report import Run, find_runs
 from trainlab.resume import plan_run
-from trainlab.run import build_experiment
+from trainlab.run import build_experiment, check_data_parallel
 
 
 def summary_table(runs: list[Run], title: str) -> Table:
@@ -107,6 +107,9 @@ def check_members(members: Sequence[list[str]], compose: Compose) -> tuple[Count
             folders[run_dir] = name
             task = task_config(member)
             build_experiment(task)
+            world = member_processes(member.hydra.launcher)
+            if world > 1:
+                check_data_parallel(task, world)
             action, _ = plan_run(task, run_dir, list(overrides), multirun=True)
             actions[action] += 1
         except UserError as error:
@@ -115,6 +118,21 @@ def check_members(members: Sequence[list[str]], compose: Compose) -> tuple[Count
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             problems.append(f"{name}: {type(error).__name__}: {first}")
     return actions, problems
+
+
+def member_processes(launcher: DictConfig) -> int:
+    """How many processes train each member: a submitit launcher starts nodes x tasks_per_node
+    tasks per job (hydra/launcher=slurm: one per GPU), which train one run together."""
+    if "tasks_per_node" not in launcher:  # a launcher that runs each member in one process
+        return 1
+    tasks, nodes = launcher.tasks_per_node, launcher.get("nodes", 1)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (tasks, nodes)):
+        raise UserError(
+            f"hydra.launcher.tasks_per_node={tasks} and hydra.launcher.nodes={nodes} must be "
+            "whole numbers of at least 1 (on nodes without GPUs: "
+            "hydra.launcher.gpus_per_node=null hydra.launcher.tasks_per_node=1)"
+        )
+    return tasks * nodes
 
 
 def describe_actions(actions: Counter) -> str:

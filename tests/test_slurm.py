@@ -1,0 +1,156 @@
+"""hydra/launcher=slurm: the launcher config composes to one task per GPU, and real sweeps go
+through hydra-submitit-launcher and submitit onto a stand-in SLURM (tests/fake_slurm.py) where
+each member is a job of several tasks on two "nodes" that train one data-parallel run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from tests.fake_slurm import install
+from tests.helpers import member_metrics, run_cli
+from tests.test_distributed import RUN
+from trainlab.cli import CONFIG_DIR
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the sweep extra")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="this torch build has no torch.distributed"
+)
+TWO_NODES = ("hydra/launcher=slurm", "hydra.launcher.nodes=2")
+
+
+def launcher(*overrides: str) -> dict:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        config = compose("config", ["hydra/launcher=slurm", *overrides], return_hydra_config=True)
+    return OmegaConf.to_container(config.hydra.launcher, resolve=True)
+
+
+def test_the_slurm_launcher_asks_for_one_task_per_gpu():
+    one_node = launcher("hydra.launcher.gpus_per_node=4")
+    assert (one_node["nodes"], one_node["gpus_per_node"], one_node["tasks_per_node"]) == (1, 4, 4)
+    two_nodes = launcher("hydra.launcher.gpus_per_node=4", "hydra.launcher.nodes=2")
+    assert (two_nodes["nodes"], two_nodes["tasks_per_node"]) == (2, 4)
+    assert two_nodes["_target_"] == "hydra_plugins.trainlab_launchers.TrainlabSlurmLauncher"
+    assert "export SLURM_KILL_BAD_EXIT=1" in two_nodes["setup"]
+    assert two_nodes["max_num_timeout"] >= 1  # a timed-out member is requeued and resumes
+    cpu_only = launcher("hydra.launcher.gpus_per_node=null", "hydra.launcher.tasks_per_node=1")
+    assert (cpu_only["gpus_per_node"], cpu_only["tasks_per_node"]) == (None, 1)
+
+
+def test_cfg_hydra_shows_the_composed_launcher(tmp_path):
+    result = run_cli(
+        "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=8", "hydra.launcher.nodes=2",
+        "hydra.launcher.partition=gpu",
+        "--cfg", "hydra", "-p", "hydra.launcher", "--resolve", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shown = OmegaConf.create(result.stdout.split("\n", 1)[1])  # after "# @package ..."
+    assert (shown.nodes, shown.gpus_per_node, shown.tasks_per_node) == (2, 8, 8)
+    assert shown.partition == "gpu" and shown.timeout_min == 60
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("one-process") / "run"
+    assert run_cli(*RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent).returncode == 0
+    return run_dir
+
+
+@pytest.fixture
+def fake_slurm(tmp_path) -> dict[str, str]:
+    return install(tmp_path / "bin", tmp_path / "slurm-state")
+
+
+def test_a_two_node_sweep_trains_each_member_as_one_data_parallel_run(
+    fake_slurm, one_process, tmp_path
+):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m", *TWO_NODES, *RUN, "seed=0,1", f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path, env=fake_slurm,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    [script] = (tmp_path / "slurm-state").glob("job*")  # one job array, as submitted
+    submitted = script.read_text()
+    for line in ("--array=0-1%2", "--nodes=2", "--ntasks-per-node=1", "--signal=USR2@120"):
+        assert f"#SBATCH {line}" in submitted
+    assert "export SLURM_KILL_BAD_EXIT=1" in submitted
+    members = member_metrics(sweep)
+    assert len(members) == 2
+    for name, metrics in members.items():
+        assert metrics["status"] == "completed" and metrics["processes"] == 2, name
+        assert len(list((sweep / name).glob("events.out.tfevents.*"))) == 1  # one writer
+    # The seed=0 member is the reference run's config: two processes give its numbers.
+    [seed0] = [m for name, m in members.items() if name.endswith("seed=0")]
+    alone = json.loads((one_process / "metrics.json").read_text())
+    for split in ("val", "test"):
+        for name, value in alone[split].items():
+            assert seed0[split][name] == pytest.approx(value, rel=1e-5), (split, name)
+    # Process 1 of each member stays quiet: no training output in its task log.
+    [quiet] = sweep.glob(".submitit/*_0/*_0_1_log.out")
+    assert "completed" not in quiet.read_text().replace("Job completed successfully", "")
+    assert "sweep" in result.stdout and "completed" in result.stdout  # the summary table
+
+
+def test_a_dead_process_ends_the_sweep_in_one_line_and_the_same_command_finishes_it(
+    fake_slurm, tmp_path
+):
+    sweep = tmp_path / "sweep"
+    command = (
+        "-m", *TWO_NODES, *RUN, "epochs=40", "early_stopping.enabled=false", "seed=0",
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    # Task 1 (the second node) dies as soon as the member has written a checkpoint.
+    start = time.monotonic()
+    dying = {**fake_slurm, "FAKE_SLURM_KILL_TASK": f"1:{sweep}/*/checkpoint.pt"}
+    result = run_cli(*command, cwd=tmp_path, env=dying)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert time.monotonic() - start < 120  # ended, not hung
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("trainlab: error: a sweep member's job ended without a result")
+    assert f"its logs are in {sweep}/.submitit/" in last
+    assert "Traceback" not in result.stdout + result.stderr
+    [member] = member_metrics(sweep).values()
+    # Killed by srun with its peer (resumes from its checkpoint), or it saw the peer vanish
+    # first and recorded the failure (runs again from scratch).
+    expected = {"running": "1 run: 1 resume", "failed": "1 run: 1 rerun"}[member["status"]]
+
+    again = run_cli(*command, cwd=tmp_path, env=fake_slurm)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert expected in again.stdout
+    [member] = member_metrics(sweep).values()
+    assert member["status"] == "completed" and member["epochs_run"] == 40
+
+
+def test_a_preempted_member_checkpoints_is_requeued_and_resumes_to_the_same_numbers(
+    fake_slurm, one_process, tmp_path
+):
+    """SIGUSR2 (SLURM's notice before a preemption or time-out) reaches both processes of a
+    member: they stop after the same step, process 0 checkpoints and requeues the job through
+    submitit, and the requeued job resumes to the numbers of an uninterrupted run."""
+    sweep = tmp_path / "sweep"
+    notice = {**fake_slurm, "FAKE_SLURM_SIGNAL": f"USR2:{sweep}/*/checkpoint.pt"}
+    result = run_cli(
+        "-m", *TWO_NODES, *RUN, "seed=0", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=notice
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert (tmp_path / "slurm-state" / "signal-sent").exists()
+    [metrics] = member_metrics(sweep).values()
+    assert metrics["status"] == "completed" and metrics["resumes"] == 1
+    alone = json.loads((one_process / "metrics.json").read_text())
+    for split in ("val", "test"):
+        for name, value in alone[split].items():
+            assert metrics[split][name] == pytest.approx(value, rel=1e-5), (split, name)
+    assert (tmp_path / "slurm-state" / "requeued").read_text() == "1000\n"  # by process 0
+    # Process 1 of the first attempt ended cleanly: had it failed, srun (SLURM_KILL_BAD_EXIT)
+    # could have ended process 0 before its requeue.
+    assert "attempt 0 task 1 exit 0" in (tmp_path / "slurm-state" / "exits").read_text()
+    logs = "".join(path.read_text() for path in sweep.glob(".submitit/*/*_1_log.*"))
+    assert "Not checkpointing nor requeuing since I am a slave" in logs  # process 1 left it
