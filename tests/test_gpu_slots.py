@@ -6,6 +6,8 @@ import contextlib
 import threading
 import time
 
+import pytest
+
 from trainlab.gpu_slots import claim_gpu, slot_order
 
 
@@ -84,3 +86,39 @@ def test_only_the_gpus_launcher_pins_members_to_gpu_slots(tmp_path, monkeypatch)
         assert chosen == [0, 1]  # two members at once: one on each GPU
     with _gpu_for_member(OmegaConf.create({"device": "cpu", "members_per_gpu": 1}), hydra("gpus")):
         assert chosen == [0, 1]  # an explicit device is the user's choice
+
+
+@pytest.mark.parametrize(
+    ("visible", "local_rank", "local_world", "expected"),
+    [
+        (4, 2, 4, 2),  # every task sees the node's 4 GPUs: the one of its local rank
+        (1, 3, 4, 0),  # SLURM bound one GPU to each task: its only one
+        (8, 1, 2, 1),  # more GPUs than processes
+        (2, 2, 4, None),  # two of four tasks see the same two GPUs: they would share
+    ],
+)
+def test_each_data_parallel_process_gets_a_gpu_of_its_own(
+    visible, local_rank, local_world, expected, monkeypatch
+):
+    import torch
+
+    from trainlab.distributed import Processes, local_gpu
+    from trainlab.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    processes = Processes(rank=local_rank, world=8, local_rank=local_rank, local_world=local_world)
+    if expected is None:
+        with pytest.raises(UserError, match="so some would share one"):
+            local_gpu(processes)
+    else:
+        assert local_gpu(processes) == expected
+
+
+def test_local_world_size_comes_from_the_environment():
+    from trainlab.distributed import from_environment
+
+    env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}
+    processes = from_environment(env)
+    assert (processes.rank, processes.world, processes.local_rank) == (5, 8, 1)
+    assert processes.local_world == 4
+    assert from_environment({"RANK": "1", "WORLD_SIZE": "2"}).local_world == 2

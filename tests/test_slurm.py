@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from tests.fake_slurm import install
 from tests.helpers import member_metrics, run_cli
+from tests.image_files import write_idx_dataset
 from tests.test_distributed import RUN
 from trainlab.cli import CONFIG_DIR
 
@@ -74,6 +75,7 @@ def test_a_two_node_sweep_trains_each_member_as_one_data_parallel_run(
     sweep = tmp_path / "sweep"
     result = run_cli(
         "-m", *TWO_NODES, *RUN, "seed=0,1", f"hydra.sweep.dir={sweep}",
+        "hydra.launcher.setup=[echo node-setup]",  # replaced, yet the kill-on-bad-exit stays
         cwd=tmp_path, env=fake_slurm,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -81,7 +83,7 @@ def test_a_two_node_sweep_trains_each_member_as_one_data_parallel_run(
     submitted = script.read_text()
     for line in ("--array=0-1%2", "--nodes=2", "--ntasks-per-node=1", "--signal=USR2@120"):
         assert f"#SBATCH {line}" in submitted
-    assert "export SLURM_KILL_BAD_EXIT=1" in submitted
+    assert "export SLURM_KILL_BAD_EXIT=1\necho node-setup" in submitted
     members = member_metrics(sweep)
     assert len(members) == 2
     for name, metrics in members.items():
@@ -154,3 +156,27 @@ def test_a_preempted_member_checkpoints_is_requeued_and_resumes_to_the_same_numb
     assert "attempt 0 task 1 exit 0" in (tmp_path / "slurm-state" / "exits").read_text()
     logs = "".join(path.read_text() for path in sweep.glob(".submitit/*/*_1_log.*"))
     assert "Not checkpointing nor requeuing since I am a slave" in logs  # process 1 left it
+
+
+def test_an_error_in_one_process_only_ends_its_member_with_the_error_in_its_log(
+    fake_slurm, tmp_path
+):
+    """The second node lacks the dataset: its process says so in its own log and exits
+    non-zero, srun ends process 0 (which would wait for it), and the sweep ends in one line."""
+    write_idx_dataset(tmp_path / "data" / "MNIST" / "raw", train=300, test=100, gzipped=False)
+    sweep = tmp_path / "sweep"
+    elsewhere = {**fake_slurm, "FAKE_SLURM_TASK_ENV": f"1:TRAINLAB_DATA={tmp_path / 'empty'}"}
+    start = time.monotonic()
+    result = run_cli(
+        "-m", *TWO_NODES, "dataset=mnist", "dataset.download=false", "dataset.val_size=100",
+        "model=linear", "epochs=2", "seed=0", f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path, env={**elsewhere, "TRAINLAB_DATA": str(tmp_path / "data")},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    assert time.monotonic() - start < 120
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("trainlab: error: a sweep member's job ended without a result")
+    assert "Traceback" not in result.stdout + result.stderr
+    [own_log] = sweep.glob(".submitit/*/*_1_log.err")
+    assert "trainlab: error (process 1): " in own_log.read_text()
+    assert "files missing in" in own_log.read_text()

@@ -208,7 +208,7 @@ def _plan_on_process_zero(
             outcome = ("error", str(error))
     outcome = broadcast(outcome if processes.main else None, processes)
     if outcome[0] == "error":
-        raise UserError(outcome[1])
+        raise (UserError if processes.main else _SharedRefusal)(outcome[1])
     return outcome[0], OmegaConf.create(outcome[1])
 
 
@@ -235,8 +235,16 @@ def _main(config: DictConfig) -> float | None:
     if not processes.main:  # quiet unless it fails (torchrun's are quieted before Hydra starts)
         log_file.drop()
         logging.getLogger().setLevel(logging.WARNING)
-    with process_group(processes):
-        return _run_task(config, processes, log_file)
+    try:
+        with process_group(processes):
+            return _run_task(config, processes, log_file)
+    except UserError as error:  # joining failed (the run's own errors are handled inside)
+        print(f"trainlab: error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+class _SharedRefusal(UserError):
+    """Process 0's refusal, passed to the other processes: they exit quietly."""
 
 
 def _run_task(config: DictConfig, processes: Processes, log_file: _DeferredLogFile) -> float | None:
@@ -304,8 +312,13 @@ def _run_task(config: DictConfig, processes: Processes, log_file: _DeferredLogFi
     except (UserError, OmegaConfBaseException) as error:
         if isinstance(error, OmegaConfBaseException):  # a ${...} or ??? the checks did not reach
             error = UserError(f"{str(error).strip().splitlines()[0]}; check the overrides")
-        if processes.main:  # the other processes of a data-parallel run exit quietly
+        if processes.main:
             print(f"trainlab: error: {error}", file=sys.stderr)
+        elif not isinstance(error, _SharedRefusal):
+            # Its own error, which process 0 may not share (data missing on one node): say it
+            # in this process's log and end the run rather than leave process 0 waiting.
+            print(f"trainlab: error (process {processes.rank}): {error}", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
         if multirun and processes.main:  # its folder: record the failure for the sweep's table
             recorded = (read_json(run_dir / "metrics.json") or {}).get("status")
             if action in ("new", "rerun", "resume") and recorded in (
@@ -320,11 +333,14 @@ def _run_task(config: DictConfig, processes: Processes, log_file: _DeferredLogFi
         raise SystemExit(EXIT_USER_ERROR) from None
     except Exception:
         # A bug, not a user mistake (run() recorded it): keep the traceback, but let the rest
-        # of a sweep go on. A data-parallel member exits non-zero instead: its launcher
-        # (torchrun, srun) then ends the other processes, which would wait for this one.
-        if not multirun or processes.parallel:
+        # of a sweep go on.
+        if not multirun:
             raise
         log.error("run failed:\n%s", traceback.format_exc())
+        if processes.parallel:
+            # Hydra would keep the error as the job's result and the task would exit 0, leaving
+            # the other processes waiting for this one: exit non-zero so srun ends the job.
+            raise SystemExit(1) from None
         return None
     finally:
         log_file.discard()  # records of a run that never started stay out of its folder

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainlab.errors import UserError
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -26,6 +28,7 @@ class Processes:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # processes on this node
 
     @property
     def main(self) -> bool:
@@ -37,24 +40,33 @@ class Processes:
 
 
 def from_environment(environ: dict[str, str] | None = None) -> Processes:
-    """Read torchrun's RANK, WORLD_SIZE and LOCAL_RANK (a single process without them)."""
+    """Read torchrun's RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE (a single process
+    without them)."""
     environ = dict(os.environ if environ is None else environ)
     if "WORLD_SIZE" not in environ:
         return Processes()
+    world = int(environ["WORLD_SIZE"])
     return Processes(
-        int(environ.get("RANK", 0)), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0))
+        int(environ.get("RANK", 0)),
+        world,
+        int(environ.get("LOCAL_RANK", 0)),
+        int(environ.get("LOCAL_WORLD_SIZE", world)),
     )
 
 
 def export_submitit_tasks() -> None:
-    """In a submitit job of several tasks (hydra/launcher=slurm_ddp: one task per GPU, on one
-    node or several), set the RANK, WORLD_SIZE and rendezvous address torchrun would set, from
-    the job's task numbering, so the tasks become one run's processes. Elsewhere: nothing."""
-    if "SUBMITIT_EXECUTOR" not in os.environ or "WORLD_SIZE" in os.environ:
+    """In a submitit job of several tasks (hydra/launcher=slurm with several GPUs: one task
+    per GPU, on one node or several), set the RANK, WORLD_SIZE and rendezvous address torchrun
+    would set, from the job's task numbering, so the tasks become one run's processes.
+    Elsewhere (torchrun, one task, no submitit): nothing."""
+    if "SUBMITIT_EXECUTOR" not in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
         return
     import submitit
 
     if submitit.JobEnvironment().num_tasks > 1:
+        # sbatch copies the submitting shell's variables into the job: a MASTER_PORT from there
+        # would give every member of an array the same port. submitit derives one per job.
+        os.environ.pop("MASTER_PORT", None)
         # CUDA_VISIBLE_DEVICES stays as SLURM set it; local_gpu() finds each task's GPU in it.
         submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=False, overwrite=True
@@ -62,9 +74,18 @@ def export_submitit_tasks() -> None:
 
 
 def local_gpu(processes: Processes) -> int:
-    """This process's GPU: its local rank among the GPUs it sees (all of the node's, or only its
-    own when the scheduler binds one GPU to each task)."""
-    return processes.local_rank % max(1, torch.cuda.device_count())
+    """This process's GPU among the ones it sees: its only one when the scheduler binds one GPU
+    to each task, else the one of its local rank when it sees one per process on its node."""
+    count = torch.cuda.device_count()
+    if count <= 1:
+        return 0
+    if count >= processes.local_world:
+        return processes.local_rank
+    raise UserError(
+        f"process {processes.rank} sees {count} GPUs for the {processes.local_world} processes "
+        "on its node, so some would share one; let every task see all of the node's GPUs, or "
+        "give each task one of its own (check the cluster's --gpu-bind)"
+    )
 
 
 def join(processes: Processes) -> None:
@@ -79,6 +100,7 @@ def join(processes: Processes) -> None:
 def leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+        _host_group.cache_clear()
 
 
 @contextlib.contextmanager

@@ -1,9 +1,15 @@
-"""hydra/launcher=slurm's launcher: hydra-submitit-launcher's, unchanged, except that a member
-job that died (a node lost, the OOM killer, a failing process of a data-parallel member) ends
-the sweep with one line saying where its logs are, instead of submitit's traceback. (Hydra
-accepts launchers only from the hydra_plugins package, hence this folder.)
+"""hydra/launcher=slurm's launcher: hydra-submitit-launcher's, with three changes.
 
-Members that fail with an error do not get here: trainlab records them and their job succeeds.
+- A member job that ended without a result (a node lost, the OOM killer, a process of a
+  data-parallel member that failed) ends the sweep with one line saying where its logs are,
+  instead of submitit's traceback. Members that fail in one process record the failure in their
+  metrics.json and their job succeeds, so the sweep goes on.
+- Ctrl-C while waiting says that the submitted jobs keep running on the cluster.
+- Every job's script exports SLURM_KILL_BAD_EXIT=1, even when the user replaced ``setup``: a
+  process that exits non-zero then ends its job's other processes instead of leaving them
+  waiting for it.
+
+(Hydra accepts launchers only from the hydra_plugins package, hence this folder.)
 """
 
 from __future__ import annotations
@@ -18,17 +24,23 @@ try:  # Hydra imports every plugin at start-up; without the sweep extra there is
 except ImportError:  # pragma: no cover
     SlurmLauncher = None
 
+KILL_BAD_EXIT = "export SLURM_KILL_BAD_EXIT=1"
+
 
 class TrainlabSlurmLauncher(SlurmLauncher or object):  # type: ignore[misc]
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
         from submitit.core.utils import UncompletedJobError
 
+        setup = list(self.params.get("setup") or [])
+        if KILL_BAD_EXIT not in setup:
+            self.params["setup"] = [KILL_BAD_EXIT, *setup]
+        folder = str(self.params["submitit_folder"])
         try:
             return super().launch(job_overrides, initial_job_idx)
         except UncompletedJobError as error:
             first = str(error).strip().splitlines()[0]
             match = re.match(r"Job (\S+)", first)
-            logs = str(self.params["submitit_folder"]).replace("%j", match[1] if match else "%j")
+            logs = folder.replace("%j", match[1] if match else "%j")
             print(
                 f"trainlab: error: a sweep member's job ended without a result ({first}); its "
                 f"logs are in {logs}. Once the sweep's other jobs have ended, run the same command "
@@ -36,3 +48,12 @@ class TrainlabSlurmLauncher(SlurmLauncher or object):  # type: ignore[misc]
                 file=sys.stderr,
             )
             raise SystemExit(1) from None
+        except KeyboardInterrupt:
+            print(
+                "trainlab: interrupted while waiting; the submitted jobs keep running on the "
+                f"cluster (squeue lists them, scancel stops them; their logs: {folder}). Once "
+                "they have ended, run the same command again: finished members are skipped and "
+                "the table is printed",
+                file=sys.stderr,
+            )
+            raise SystemExit(130) from None
