@@ -9,8 +9,9 @@ PATH. They do what a cluster would, on localhost:
   variables SLURM gives each task (SLURM_PROCID, SLURM_LOCALID, SLURM_NODEID, ...), each node
   named ``localhost`` so the tasks can meet. With ``SLURM_KILL_BAD_EXIT=1``, a task that exits
   non-zero ends the others, as srun does. ``FAKE_SLURM_KILL_TASK=T:GLOB`` SIGKILLs task T
-  once a file matching GLOB exists: a node that dies mid-run. ``FAKE_SLURM_TASK_ENV=T:NAME=VALUE``
-  sets a variable for task T only: a node that differs from the others.
+  once a file matching GLOB exists: a node that dies mid-run.
+  ``FAKE_SLURM_TASK_ENV=T[,T...]:NAME=VALUE`` sets a variable for those tasks only: nodes that
+  differ from the others.
   ``FAKE_SLURM_SIGNAL=SIG:GLOB`` sends SIG to every task once such a file exists, once per
   test (a preemption notice).
 - ``scontrol requeue ID``: once the job's tasks have ended, the job starts again.
@@ -160,8 +161,8 @@ def srun(arguments: list[str]) -> int:
             "SLURM_NODEID": str(task // per_node),
             "SLURM_STEP_NODELIST": os.environ["SLURM_JOB_NODELIST"],
         }
-        special = os.environ.get("FAKE_SLURM_TASK_ENV", "")  # T:NAME=VALUE, for task T only
-        if special.startswith(f"{task}:"):
+        special = os.environ.get("FAKE_SLURM_TASK_ENV")  # T[,T...]:NAME=VALUE, those tasks only
+        if special and str(task) in special.split(":", 1)[0].split(","):
             name, value = special.split(":", 1)[1].split("=", 1)
             env[name] = value
         out = open(_task_file(files["--output"], task), "a")  # noqa: SIM115

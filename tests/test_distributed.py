@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf.errors import InterpolationKeyError
 
 from tests.helpers import ENV, REPO, TINY, run_cli
 from tests.test_resume import assert_same_run
+from trainlab.errors import UserError
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="this torch build has no torch.distributed"
@@ -72,6 +74,9 @@ def test_a_failing_process_ends_the_run_within_seconds(tmp_path):
     assert result.returncode != 0
     assert time.monotonic() - start < 60
     assert "a failure in this process only" in result.stderr
+    # Its traceback only: process 0 (torchrun's SIGTERM or the lost connection, whichever
+    # comes first) stops in one line.
+    assert result.stderr.count("Error executing job") == 1
 
 
 @pytest.fixture(scope="module")
@@ -115,5 +120,105 @@ def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_numbers(
 def test_what_data_parallel_cannot_do_is_refused(overrides, message, tmp_path):
     result = torchrun(*TINY, *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode != 0
-    assert "trainlab: error: " in result.stderr and message in result.stderr
+    assert message in one_error(result.stderr)
     assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_fails_the_run_once_not_once_per_process(tmp_path):
+    """Every process finds the data missing as it loads it: they agree, process 0 says it and
+    records it, and no process waits for another."""
+    missing = ("dataset=mnist", "dataset.download=false", "dataset.root=nowhere")
+    result = torchrun(*TINY, *missing, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "files missing in" in one_error(result.stderr)
+    recorded = metrics(tmp_path / "run")
+    assert recorded["status"] == "failed" and "files missing in" in recorded["error"]
+    assert not recorded["error"].startswith("process 1")  # process 0's own error
+
+
+def one_error(stderr: str) -> str:
+    """The run's one error line: said once, by process 0, with no trainlab traceback (torchrun
+    adds its own ChildFailedError report)."""
+    [error] = [line for line in stderr.splitlines() if "trainlab: error" in line]
+    assert error.startswith("trainlab: error: ")
+    assert str(REPO / "trainlab") not in stderr and "Error executing job" not in stderr
+    return error
+
+
+# What each process's action does in test_processes_agree_on_any_failure, by case and rank.
+AGREEMENT_CASES = {
+    "none fails": (None, None),
+    "one lacks data": (None, "user:no data on this node"),
+    "both fail": ("user:first", "user:second"),
+    "a bug on process 0": ("bug:x", None),
+    "a bug on process 1": (None, "bug:y"),
+    "an unresolved ${...} on process 1": (None, "config:Interpolation key 'z' not found"),
+}
+
+
+def _agree_in_process(rank: int, store: str, results: str) -> None:
+    from trainlab.distributed import Processes, agreed
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2
+    )
+    processes = Processes(rank=rank, world=2, local_rank=rank, local_world=2)
+    outcomes = {}
+    for case, failures in AGREEMENT_CASES.items():
+
+        def action(failure=failures[rank]):
+            if failure is None:
+                return rank * 10
+            kind, text = failure.split(":")
+            kinds = {"user": UserError, "bug": KeyError, "config": InterpolationKeyError}
+            raise kinds[kind](text)
+
+        try:
+            outcomes[case] = ["returned", agreed(action, processes)]
+        except Exception as error:
+            outcomes[case] = [type(error).__name__, str(error)]
+    torch.distributed.destroy_process_group()
+    Path(results, f"{rank}.json").write_text(json.dumps(outcomes))
+
+
+def test_processes_agree_on_any_failure(tmp_path):
+    """No process goes on alone: a failure anywhere ends the action on both, process 0 names it
+    (with the process that had it), process 1 stays quiet, and a bug keeps its own exception
+    where it happened."""
+    torch.multiprocessing.spawn(
+        _agree_in_process, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2
+    )
+    zero, one = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert zero["none fails"] == ["returned", 0] and one["none fails"] == ["returned", 10]
+    assert zero["one lacks data"] == ["UserError", "process 1: no data on this node"]
+    assert one["one lacks data"] == ["SharedError", "no data on this node"]
+    assert zero["both fail"] == ["UserError", "first"]  # process 0's own, said once
+    assert one["both fail"] == ["SharedError", "first"]
+    assert zero["a bug on process 0"] == ["KeyError", "'x'"]  # raised as it was, traceback too
+    assert one["a bug on process 0"] == ["SharedError", "KeyError: 'x'"]
+    assert zero["a bug on process 1"] == ["UserError", "process 1: KeyError: 'y'"]
+    assert one["a bug on process 1"] == ["KeyError", "'y'"]
+    unresolved = "Interpolation key 'z' not found; check the overrides"
+    assert zero["an unresolved ${...} on process 1"] == ["UserError", f"process 1: {unresolved}"]
+    assert one["an unresolved ${...} on process 1"] == ["SharedError", unresolved]
+
+
+@pytest.mark.parametrize(
+    ("error", "lost"),
+    [
+        (
+            getattr(torch.distributed, "DistNetworkError", RuntimeError)(
+                "Connection closed by peer [127.0.0.1]:1"
+            ),
+            True,
+        ),
+        (RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer"), True),
+        (RuntimeError("Connection reset by peer"), True),
+        (RuntimeError("CUDA out of memory"), False),
+        (ValueError("Connection closed by peer"), False),
+    ],
+)
+def test_a_lost_peer_is_told_from_a_failure_of_this_process(error, lost):
+    from trainlab.cli import _lost_a_peer
+
+    assert _lost_a_peer(error) is lost

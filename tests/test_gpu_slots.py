@@ -89,16 +89,17 @@ def test_only_the_gpus_launcher_pins_members_to_gpu_slots(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize(
-    ("visible", "local_rank", "local_world", "expected"),
+    ("visible", "local_rank", "local_world", "environ", "expected"),
     [
-        (4, 2, 4, 2),  # every task sees the node's 4 GPUs: the one of its local rank
-        (1, 3, 4, 0),  # SLURM bound one GPU to each task: its only one
-        (8, 1, 2, 1),  # more GPUs than processes
-        (2, 2, 4, None),  # two of four tasks see the same two GPUs: they would share
+        (4, 2, 4, {}, 2),  # every task sees the node's 4 GPUs: the one of its local rank
+        (1, 3, 4, {}, 0),  # SLURM bound one GPU to each task: its only one
+        (8, 1, 2, {}, 1),  # more GPUs than processes
+        (2, 2, 4, {}, None),  # two of four tasks see the same two GPUs: they would share
+        (1, 1, 2, {"TORCHELASTIC_RUN_ID": "x"}, None),  # torchrun binds none: one GPU for two
     ],
 )
 def test_each_data_parallel_process_gets_a_gpu_of_its_own(
-    visible, local_rank, local_world, expected, monkeypatch
+    visible, local_rank, local_world, environ, expected, monkeypatch
 ):
     import torch
 
@@ -109,9 +110,18 @@ def test_each_data_parallel_process_gets_a_gpu_of_its_own(
     processes = Processes(rank=local_rank, world=8, local_rank=local_rank, local_world=local_world)
     if expected is None:
         with pytest.raises(UserError, match="so some would share one"):
-            local_gpu(processes)
+            local_gpu(processes, environ)
     else:
-        assert local_gpu(processes) == expected
+        assert local_gpu(processes, environ) == expected
+
+
+def test_processes_given_the_same_gpu_are_found_by_host_and_uuid():
+    from trainlab.distributed import sharing_a_gpu
+
+    # SLURM's binding shows every task its GPU as cuda:0: the UUIDs tell them apart.
+    assert sharing_a_gpu([("n1", "GPU-a"), ("n1", "GPU-b"), ("n2", "GPU-a")]) == []
+    assert sharing_a_gpu([("n1", "GPU-a"), ("n2", "GPU-b"), ("n1", "GPU-a")]) == [0, 2]
+    assert sharing_a_gpu([None, None, ("n1", "GPU-a")]) == []  # unknown: not compared
 
 
 def test_local_world_size_comes_from_the_environment():

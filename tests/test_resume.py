@@ -17,6 +17,7 @@ import torch
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from tests.helpers import ENV, REPO, TINY, compose_config, run_cli
+from tests.image_files import write_idx_dataset
 from trainlab.checkpoint import load_checkpoint
 from trainlab.run import run
 
@@ -258,6 +259,65 @@ def test_a_sweep_interrupted_halfway_resumes_where_it_stopped(tmp_path):
         assert json.loads((member / "metrics.json").read_text())["status"] == "completed"
         steps = [step for step, _ in scalars(member)["train/loss"]]
         assert steps == [2, 4, 6, 8, 10, 12], (member.name, steps)  # nothing duplicated
+
+
+def test_a_sweep_member_that_fails_as_it_resumes_keeps_its_checkpoint(tmp_path):
+    """Its data gone when the sweep is run again: the member is recorded failed, its checkpoint
+    stays, and the next run of the sweep resumes it rather than starting it over."""
+    data = tmp_path / "data"
+    write_idx_dataset(data / "MNIST" / "raw", train=300, test=100, gzipped=False)
+    sweep = tmp_path / "sweep"
+    command = (
+        "-m", "dataset=mnist", "dataset.download=false", f"dataset.root={data}",
+        "dataset.val_size=100", "model=linear", "batch_size=50", "epochs=3",
+        "log_every_steps=2", "seed=0", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    stopped = drive(*command, cwd=tmp_path, after_batches=6, signal="INT")
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    [member] = [p for p in sweep.iterdir() if p.is_dir()]
+    checkpoint = (member / "checkpoint.pt").read_bytes()
+
+    data.rename(tmp_path / "away")
+    failed = run_cli(*command, cwd=tmp_path)
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    recorded = json.loads((member / "metrics.json").read_text())
+    assert recorded["status"] == "failed" and "files missing in" in recorded["error"]
+    assert (member / "checkpoint.pt").read_bytes() == checkpoint
+
+    (tmp_path / "away").rename(data)
+    again = run_cli(*command, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 run: 1 resume" in again.stdout
+    assert json.loads((member / "metrics.json").read_text())["status"] == "completed"
+    steps = [step for step, _ in scalars(member)["train/loss"]]
+    assert steps == [2, 4, 6, 8, 10, 12]  # resumed at step 6: nothing run twice
+
+
+def test_a_sweep_member_with_a_damaged_checkpoint_waits_for_it_to_be_deleted(tmp_path):
+    """Failing as it resumes, before it trains, leaves the checkpoint for the user to judge:
+    the member is recorded failed with the fix, and runs from scratch once it is deleted."""
+    sweep = tmp_path / "sweep"
+    command = ("-m", *RUN, "seed=0", f"hydra.sweep.dir={sweep}")
+    stopped = drive(*command, cwd=tmp_path, after_batches=6, signal="INT")
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    [member] = [p for p in sweep.iterdir() if p.is_dir()]
+    checkpoint = member / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+
+    failed = run_cli(*command, cwd=tmp_path)
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    assert "1 run: 1 resume" in failed.stdout
+    recorded = json.loads((member / "metrics.json").read_text())
+    assert recorded["status"] == "failed" and recorded["resumable"] is True
+    assert "is damaged or not a trainlab checkpoint" in recorded["error"]
+    assert "delete it and start the run again" in recorded["error"]
+    assert checkpoint.stat().st_size == 1000  # still there: deleting it is the user's call
+
+    checkpoint.unlink()
+    again = run_cli(*command, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 run: 1 rerun" in again.stdout
+    assert json.loads((member / "metrics.json").read_text())["status"] == "completed"
 
 
 def _quiet_run(overrides, run_dir, **options):

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.distributed import (
     Processes,
+    SharedError,
     broadcast,
     export_submitit_tasks,
     from_environment,
@@ -33,6 +34,7 @@ from trainlab.distributed import (
     leave,
     process_group,
     wait_for_all,
+    was_agreed,
 )
 from trainlab.errors import UserError
 from trainlab.files import read_json, write_json
@@ -208,7 +210,7 @@ def _plan_on_process_zero(
             outcome = ("error", str(error))
     outcome = broadcast(outcome if processes.main else None, processes)
     if outcome[0] == "error":
-        raise (UserError if processes.main else _SharedRefusal)(outcome[1])
+        raise (UserError if processes.main else SharedError)(outcome[1])
     return outcome[0], OmegaConf.create(outcome[1])
 
 
@@ -239,12 +241,9 @@ def _main(config: DictConfig) -> float | None:
         with process_group(processes):
             return _run_task(config, processes, log_file)
     except UserError as error:  # joining failed (the run's own errors are handled inside)
-        print(f"trainlab: error: {error}", file=sys.stderr)
+        if processes.main or not isinstance(error, SharedError):
+            print(f"trainlab: error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
-
-
-class _SharedRefusal(UserError):
-    """Process 0's refusal, passed to the other processes: they exit quietly."""
 
 
 def _run_task(config: DictConfig, processes: Processes, log_file: _DeferredLogFile) -> float | None:
@@ -314,37 +313,72 @@ def _run_task(config: DictConfig, processes: Processes, log_file: _DeferredLogFi
             error = UserError(f"{str(error).strip().splitlines()[0]}; check the overrides")
         if processes.main:
             print(f"trainlab: error: {error}", file=sys.stderr)
-        elif not isinstance(error, _SharedRefusal):
-            # Its own error, which process 0 may not share (data missing on one node): say it
-            # in this process's log and end the run rather than leave process 0 waiting.
+        elif not isinstance(error, SharedError):
+            # Its own error after the points where the processes agree on failures (see
+            # distributed.agreed), so process 0 does not know it: say it in this process's log
+            # and end the run (srun or torchrun ends the others) rather than leave them waiting.
             print(f"trainlab: error (process {processes.rank}): {error}", file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None
-        if multirun and processes.main:  # its folder: record the failure for the sweep's table
-            recorded = (read_json(run_dir / "metrics.json") or {}).get("status")
-            if action in ("new", "rerun", "resume") and recorded in (
-                None,
-                "running",
-                "interrupted",
-            ):
-                write_json(run_dir / "metrics.json", {"status": "failed", "error": str(error)})
+        if multirun and processes.main:
+            _record_failure(run_dir, action, str(error))
         if multirun:
             return None  # a search sweeper records a failed trial
-        _discard_if_unused(run_dir, f"{hydra_config.job.name}.log")
+        if processes.main:  # the others have no log there and must not race it
+            _discard_if_unused(run_dir, f"{hydra_config.job.name}.log")
         raise SystemExit(EXIT_USER_ERROR) from None
-    except Exception:
-        # A bug, not a user mistake (run() recorded it): keep the traceback, but let the rest
-        # of a sweep go on.
+    except Exception as error:
+        if processes.parallel and _lost_a_peer(error):
+            # Another process ended first and shows its own error (its traceback, for a bug):
+            # a second traceback from here would only hide it.
+            print(
+                f"trainlab: error (process {processes.rank}): another process of this run "
+                f"ended first, so this one stopped too ({run_dir}; its error is in that "
+                "process's output)",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from None
+        # A bug, not a user mistake: keep the traceback, but let the rest of a sweep go on.
         if not multirun:
             raise
         log.error("run failed:\n%s", traceback.format_exc())
-        if processes.parallel:
+        if processes.main:  # run() recorded a failure while training; not one while setting up
+            _record_failure(run_dir, action, f"{type(error).__name__}: {error}")
+        if processes.parallel and not was_agreed(error):
             # Hydra would keep the error as the job's result and the task would exit 0, leaving
             # the other processes waiting for this one: exit non-zero so srun ends the job.
+            # (An agreed failure has ended the others already, and process 0 records it.)
             raise SystemExit(1) from None
         return None
     finally:
         log_file.discard()  # records of a run that never started stay out of its folder
     return _objective(metrics)
+
+
+def _record_failure(run_dir: Path, action: str | None, error: str) -> None:
+    """A sweep member's failure in its metrics.json, for the sweep's table, where run() did
+    not record it (a failure while setting up). A member that failed as it resumed keeps its
+    checkpoint, so the next run of the sweep resumes it."""
+    recorded = read_json(run_dir / "metrics.json") or {}
+    if action in ("new", "rerun") and recorded.get("status") in (None, "running"):
+        write_json(run_dir / "metrics.json", {"status": "failed", "error": error})
+    elif action == "resume" and (
+        recorded.get("status") in ("running", "interrupted") or recorded.get("resumable")
+    ):
+        kept = {k: v for k, v in recorded.items() if k != "message"}
+        failed = {"status": "failed", "error": error, "resumable": True}
+        write_json(run_dir / "metrics.json", {**kept, **failed})
+
+
+def _lost_a_peer(error: Exception) -> bool:
+    """Whether a collective failed because another process of the run went away."""
+    import torch.distributed as dist
+
+    if isinstance(error, getattr(dist, "DistNetworkError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer")
+    )
 
 
 def _interrupt(signal_number: int, frame: Any) -> None:
@@ -419,7 +453,7 @@ def _join_processes(argv: list[str]) -> Processes:
         return processes
     join(processes)
     if "-m" in argv or "--multirun" in argv:
-        raise UserError(
+        raise (UserError if processes.main else SharedError)(
             "torchrun runs one experiment at a time; start sweeps with trainlab -m outside torchrun"
         )
     if not any(arg.startswith(("hydra.run.dir=", "resume=")) for arg in argv):
@@ -436,10 +470,12 @@ def main() -> None:
     try:
         processes = _join_processes(sys.argv)
         problem = _check_command_line(sys.argv[1:])
-    except UserError as error:
-        processes, problem = from_environment(), str(error)
+    except SharedError:  # process 0 says it
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except UserError as error:  # this process's own (its GPU, say)
+        processes, problem = Processes(), str(error)
     if problem is not None:
-        if processes.main:
+        if processes.main:  # the same problem on every process: said once
             print(f"trainlab: error: {problem}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR)
     try:

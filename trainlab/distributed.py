@@ -11,14 +11,18 @@ import contextlib
 import functools
 import io
 import os
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from omegaconf.errors import OmegaConfBaseException
 
 from trainlab.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,18 +77,21 @@ def export_submitit_tasks() -> None:
         )
 
 
-def local_gpu(processes: Processes) -> int:
-    """This process's GPU among the ones it sees: its only one when the scheduler binds one GPU
-    to each task, else the one of its local rank when it sees one per process on its node."""
+def local_gpu(processes: Processes, environ: Mapping[str, str] | None = None) -> int:
+    """This process's GPU among the ones it sees: the one of its local rank when it sees one
+    per process on its node, else its only one when the scheduler bound one GPU to each task
+    (SLURM's --gpus-per-task or --gpu-bind). torchrun binds none: its processes see the same
+    GPUs, so fewer GPUs than processes means sharing."""
+    environ = os.environ if environ is None else environ
     count = torch.cuda.device_count()
-    if count <= 1:
-        return 0
     if count >= processes.local_world:
         return processes.local_rank
+    if count == 1 and "TORCHELASTIC_RUN_ID" not in environ:
+        return 0
     raise UserError(
-        f"process {processes.rank} sees {count} GPUs for the {processes.local_world} processes "
-        "on its node, so some would share one; let every task see all of the node's GPUs, or "
-        "give each task one of its own (check the cluster's --gpu-bind)"
+        f"{count} GPU{'' if count == 1 else 's'} for the {processes.local_world} processes on "
+        "a node, so some would share one; start one process per GPU, let every task see all of "
+        "the node's GPUs, or give each task one of its own (check the cluster's --gpu-bind)"
     )
 
 
@@ -92,9 +99,38 @@ def join(processes: Processes) -> None:
     """Join the process group: nccl when every process has a GPU, gloo otherwise."""
     if processes.parallel and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_gpu(processes))
-        dist.init_process_group(backend)
+        dist.init_process_group(backend)  # nccl connects at the first collective on the GPU
+        try:
+            _host_group()  # made by all processes together, now, not by the first that needs it
+            if backend == "nccl":
+                torch.cuda.set_device(agreed(lambda: local_gpu(processes), processes))
+                _refuse_shared_gpus(processes)
+        except BaseException:
+            leave()
+            raise
+
+
+def _refuse_shared_gpus(processes: Processes) -> None:
+    """Two processes on one GPU would fail inside nccl, or crawl: refuse it in one line. A
+    scheduler that binds GPUs renumbers them in each task, so GPUs compare by their UUIDs."""
+    properties = torch.cuda.get_device_properties(torch.cuda.current_device())
+    uuid = getattr(properties, "uuid", None)
+    places: list[Any] = [None] * processes.world
+    here = None if uuid is None else (socket.gethostname(), str(uuid))
+    dist.all_gather_object(places, here, group=_host_group())
+    sharing = sharing_a_gpu(places)
+    if sharing:
+        text = (
+            f"processes {', '.join(map(str, sharing))} were given the same GPU; give each "
+            "task a GPU of its own (--gpus-per-task=1, or one task per GPU on each node)"
+        )
+        raise (UserError if processes.main else SharedError)(text)
+
+
+def sharing_a_gpu(places: list[tuple[str, str] | None]) -> list[int]:
+    """The ranks whose (host, GPU UUID) another rank has too (None: not known, not compared)."""
+    known = [place for place in places if place is not None]
+    return [rank for rank, place in enumerate(places) if place and known.count(place) > 1]
 
 
 def leave() -> None:
@@ -115,6 +151,62 @@ def process_group(processes: Processes) -> Iterator[None]:
         yield
     finally:
         leave()
+
+
+class SharedError(UserError):
+    """A UserError every process has agreed on, raised on the processes other than 0: process
+    0 reports it (and records it), the others end quietly."""
+
+
+def agreed(action: Callable[[], T], processes: Processes) -> T:
+    """``action()`` on every process, then an agreement on whether it failed.
+
+    A failure on any process (data missing on one node, a checkpoint it cannot read, a bug)
+    ends all of them here, so none is left waiting for the others in the next collective.
+    Process 0 raises a UserError naming the first failure (with its process number when it
+    was another's), which it reports and records; the others raise SharedError. A bug is
+    raised as itself where it happened, for its traceback (was_agreed() tells it apart).
+    """
+    if not processes.parallel:
+        return action()
+    result: T | None = None
+    own: Exception | None = None
+    try:
+        result = action()
+    except Exception as error:  # every process must learn of it; re-raised below
+        own = error
+    problem = None if own is None else _one_line(own)
+    problems: list[str | None] = [None] * processes.world
+    dist.all_gather_object(problems, problem, group=_host_group())
+    failed = [(rank, text) for rank, text in enumerate(problems) if text is not None]
+    if not failed:
+        return result  # type: ignore[return-value]
+    if own is not None and not _a_mistake(own):
+        own.trainlab_agreed = True  # type: ignore[attr-defined]
+        raise own  # a bug or a resource: its traceback, from where it happened
+    rank, text = failed[0]
+    if not processes.main:
+        raise SharedError(text)
+    raise UserError(text if rank == 0 else f"process {rank}: {text}")
+
+
+def was_agreed(error: BaseException) -> bool:
+    """Whether ``error`` came through agreed(): every process of the run knows of it."""
+    return getattr(error, "trainlab_agreed", False)
+
+
+def _a_mistake(error: Exception) -> bool:
+    """A mistake the user can fix: a UserError, or a ${...} or ??? the checks did not reach."""
+    return isinstance(error, (UserError, OmegaConfBaseException))
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, UserError):
+        return str(error)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, OmegaConfBaseException):
+        return f"{first}; check the overrides"
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def broadcast(value: Any, processes: Processes) -> Any:

@@ -43,9 +43,9 @@ def _alive(metrics: Mapping[str, Any]) -> bool:
 
 
 def run_state(run_dir: Path) -> RunState:
-    """``done``: finished; ``resume``: stopped with a checkpoint; ``rerun``: failed, or
-    stopped before its first checkpoint; ``busy``: another process is running it;
-    ``new``: nothing there yet."""
+    """``done``: finished; ``resume``: stopped or failed after a checkpoint; ``rerun``:
+    failed or stopped before its first checkpoint; ``busy``: another process is
+    running it; ``new``: nothing there yet."""
     metrics = read_json(run_dir / "metrics.json")
     if metrics is None:  # nothing there, or a run killed as it started (.hydra/ written)
         started = [run_dir / CHECKPOINT_NAME, run_dir / ".hydra" / "config.yaml"]
@@ -54,7 +54,8 @@ def run_state(run_dir: Path) -> RunState:
         return "done"
     if metrics.get("status") == "running" and _alive(metrics):
         return "busy"
-    if metrics.get("status") in ("running", "interrupted") and (run_dir / CHECKPOINT_NAME).exists():
+    resumable = metrics.get("status") in ("running", "interrupted") or metrics.get("resumable")
+    if resumable and (run_dir / CHECKPOINT_NAME).exists():
         return "resume"
     return "rerun"
 
@@ -208,7 +209,7 @@ def plan_run(
             f"{run_dir} is being run right now by process {pid}; wait for it, or choose another "
             "folder"
         )
-    if not multirun and state != "rerun":  # a failed or dead-before-a-checkpoint run is redone
+    if not multirun and state != "rerun":  # redone: failed or dead before its first checkpoint
         status = (read_json(run_dir / "metrics.json") or {}).get("status", "unfinished")
         raise UserError(
             f"{run_dir} already holds a run ({status}); continue it with resume={run_dir}, "

@@ -6,6 +6,7 @@ Everything a user can get wrong is built and checked before any data is loaded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -33,10 +34,12 @@ from trainlab.checkpoint import (
     rng_states,
     save_checkpoint,
 )
-from trainlab.data import DatasetSpec, InMemoryLoader, describe_dataset, load_dataset
+from trainlab.data import Dataset, DatasetSpec, InMemoryLoader, describe_dataset, load_dataset
 from trainlab.distributed import (
     Processes,
+    agreed,
     any_process,
+    broadcast,
     from_environment,
     gather,
     local_gpu,
@@ -186,13 +189,17 @@ def _channels_last(choice: bool | str, device: torch.device, model: torch.nn.Mod
     return bool(choice)
 
 
+# Batch size, optimizer, lr schedule and penalty: what the data's size decides.
+Training = tuple[int, torch.optim.Optimizer, LRSchedule, Penalty | None]
+
+
 def _plan_training(
     config: DictConfig,
     settings: RunSettings,
     spec: DatasetSpec,
     optimizer_choice: OptimizerChoice,
     model: torch.nn.Module,
-) -> tuple[int, torch.optim.Optimizer, LRSchedule, Penalty | None]:
+) -> Training:
     """Batch size, optimizer, lr schedule and penalty for ``spec``'s training-set size."""
     full_batch = optimizer_choice.full_batch or settings.batch_size >= spec.train_size
     batch_size = spec.train_size if full_batch else settings.batch_size
@@ -239,7 +246,7 @@ class Experiment:
     optimizer_choice: OptimizerChoice
     model: torch.nn.Module
     channels_last: bool
-    training: tuple[int, torch.optim.Optimizer, LRSchedule, Penalty | None]
+    training: Training
     processes: Processes
 
 
@@ -262,10 +269,27 @@ def check_complete(config: DictConfig) -> None:
 
 
 def build_experiment(config: DictConfig) -> Experiment:
-    """Build and check every part of ``config``; raise UserError naming the first problem."""
+    """Build and check every part of ``config``; raise UserError naming the first problem.
+
+    In a data-parallel run every process builds and checks its own copy, they agree on
+    whether any failed (its GPU out of memory, say), then DistributedDataParallel wraps
+    the model.
+    """
+    processes = from_environment()
+    experiment = agreed(lambda: _build_on_this_process(config, processes), processes)
+    if processes.parallel:
+        # Same weights everywhere (DDP also copies process 0's), then each process its own
+        # dropout stream: the same masks on every slice of a batch would be correlated.
+        torch.manual_seed(experiment.settings.seed + processes.rank)
+        device = experiment.device
+        ids = [device.index] if device.type == "cuda" else None
+        experiment.model = DistributedDataParallel(experiment.model, device_ids=ids)
+    return experiment
+
+
+def _build_on_this_process(config: DictConfig, processes: Processes) -> Experiment:
     check_complete(config)
     settings = read_run_settings(config)
-    processes = from_environment()
     device = resolve_device(settings.device)
     if processes.parallel and device.type == "cuda":  # one GPU per process
         device = torch.device("cuda", local_gpu(processes))
@@ -286,16 +310,46 @@ def build_experiment(config: DictConfig) -> Experiment:
     model = for_device(network, device, settings.precision, channels_last, settings.compile)
     if processes.parallel:
         _check_parallel(settings, optimizer_choice, spec, processes.world)
-        # Same weights everywhere (DDP also copies process 0's), then each process its own
-        # dropout stream: the same masks on every slice of a batch would be correlated.
-        torch.manual_seed(settings.seed + processes.rank)
-        ids = [device.index] if device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=ids)
     training = _plan_training(config, settings, spec, optimizer_choice, model)
     return Experiment(
         settings, device, spec, loss_fn, optimizer_choice, model, channels_last, training,
         processes,
     )  # fmt: skip
+
+
+def _load_data(config: DictConfig, experiment: Experiment) -> tuple[Dataset, Training]:
+    """The dataset, and the training re-planned when its sizes are known only now (a smaller
+    copy of the files, say). Every process of a data-parallel run must hold the same data:
+    a node that lacks it, or holds other sizes, fails the run on all of them."""
+    processes = experiment.processes
+
+    def load() -> tuple[Dataset, Training]:
+        data = load_dataset(config.dataset)
+        if data.spec == experiment.spec:
+            return data, experiment.training
+        settings, choice = experiment.settings, experiment.optimizer_choice
+        if processes.parallel:
+            _check_parallel(settings, choice, data.spec, processes.world)
+        return data, _plan_training(config, settings, data.spec, choice, experiment.model)
+
+    data, training = agreed(load, processes)
+    first = broadcast(data.spec, processes)
+
+    def same_as_first() -> None:
+        root = config.dataset.get("root")
+        differ = [
+            f"{field.name} {getattr(data.spec, field.name)} vs {getattr(first, field.name)}"
+            for field in dataclasses.fields(first)
+            if getattr(data.spec, field.name) != getattr(first, field.name)
+        ]
+        require(
+            not differ,
+            f"its copy of dataset={first.name}{f' in {root}' if root else ''} differs from "
+            f"process 0's ({', '.join(differ)}); give every node the same files",
+        )
+
+    agreed(same_as_first, processes)
+    return data, training
 
 
 def check_data_parallel(config: DictConfig, world: int) -> None:
@@ -425,10 +479,22 @@ def run(
     experiment = build_experiment(config)
     checkpoint_path = run_dir / CHECKPOINT_NAME
     metrics_path = run_dir / "metrics.json"
-    saved = load_checkpoint(checkpoint_path) if resume else None
-    previous = (read_json(metrics_path) or {}) if saved is not None else {}
+
+    def read_checkpoint() -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        if resume and not experiment.processes.main and not checkpoint_path.exists():
+            # Process 0's own error comes first when it lacks it too.
+            raise UserError(
+                f"{checkpoint_path} is not there on this node; every node must see the run "
+                "folders (a file system they share)"
+            )
+        saved = load_checkpoint(checkpoint_path) if resume else None
+        previous = (read_json(metrics_path) or {}) if saved is not None else {}
+        if saved is not None:
+            _check_resumable(saved, config, experiment, checkpoint_path, previous)
+        return saved, previous
+
+    saved, previous = agreed(read_checkpoint, experiment.processes)
     if saved is not None:
-        _check_resumable(saved, config, experiment, checkpoint_path, previous)
         for leftover in run_dir.glob(".*.tmp") if experiment.processes.main else ():
             leftover.unlink(missing_ok=True)  # a write the kill cut short
 
@@ -477,8 +543,11 @@ def run(
             status, message = "failed", str(error)
         else:
             status, message = "failed", f"{type(error).__name__}: {error}"
+        record = {"status": status, "error": message, "started_at": started}
+        if status == "failed" and checkpoint_path.exists():
+            record["resumable"] = True  # a sweep run again resumes it, keeping the checkpoint
         with contextlib.suppress(OutputError):  # a full disk may refuse this too
-            write_json(metrics_path, {"status": status, "error": message, "started_at": started})
+            write_json(metrics_path, record)
         log.error("%s: %s", status, message)
         raise
 
@@ -513,10 +582,8 @@ def _train(
         provenance = record_provenance(run_dir, config, command, started)
     elif main:
         provenance = record_resume(run_dir, config, command, _now(), saved["engine"]["step"])
-    data = load_dataset(config.dataset)
-    if data.spec != spec:  # sizes known only now (a smaller copy of the files, say)
-        spec = data.spec
-        training = _plan_training(config, settings, spec, optimizer_choice, model)
+    data, training = _load_data(config, experiment)
+    spec = data.spec
     if experiment.channels_last and hasattr(data.prepare, "channels_last"):
         data.prepare.channels_last = True
     data = data.to(device)

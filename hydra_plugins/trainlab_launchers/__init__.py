@@ -1,9 +1,10 @@
 """hydra/launcher=slurm's launcher: hydra-submitit-launcher's, with three changes.
 
 - A member job that ended without a result (a node lost, the OOM killer, a process of a
-  data-parallel member that failed) ends the sweep with one line saying where its logs are,
-  instead of submitit's traceback. Members that fail in one process record the failure in their
-  metrics.json and their job succeeds, so the sweep goes on.
+  data-parallel member that crashed while training) ends the sweep with one line saying where
+  its logs are, instead of submitit's traceback. Members refused as they set up (bad config,
+  data missing, on any of their processes) record the failure in their metrics.json and their
+  job succeeds, so the sweep goes on.
 - Ctrl-C while waiting says that the submitted jobs keep running on the cluster.
 - Every job's script exports SLURM_KILL_BAD_EXIT=1, even when the user replaced ``setup``: a
   process that exits non-zero then ends its job's other processes instead of leaving them
