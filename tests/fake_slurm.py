@@ -79,10 +79,11 @@ def sbatch(arguments: list[str]) -> int:
         if array:
             env.update(SLURM_ARRAY_JOB_ID=str(job_id), SLURM_ARRAY_TASK_ID=str(index))
         (state / f"{name}.state").write_text("RUNNING")
-        subprocess.Popen(
-            [sys.executable, __file__, "run-job", name, str(script_path)],
-            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        with open(state / f"{name}.out", "w") as output:  # what the job's script printed
+            subprocess.Popen(
+                [sys.executable, __file__, "run-job", name, str(script_path)],
+                env=env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT,
+            )  # fmt: skip
     print(f"Submitted batch job {job_id}")
     return 0
 
@@ -165,8 +166,14 @@ def srun(arguments: list[str]) -> int:
         if special and str(task) in special.split(":", 1)[0].split(","):
             name, value = special.split(":", 1)[1].split("=", 1)
             env[name] = value
-        out = open(_task_file(files["--output"], task), "a")  # noqa: SIM115
-        err = open(_task_file(files.get("--error", files["--output"]), task), "a")  # noqa: SIM115
+        out_path = Path(_task_file(files["--output"], task))
+        err_path = Path(_task_file(files.get("--error", files["--output"]), task))
+        # The job can start before submitit has made its folder (a real queue takes longer);
+        # submitit's task then waits for its pickle to appear there.
+        for path in (out_path, err_path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(out_path, "a")  # noqa: SIM115
+        err = open(err_path, "a")  # noqa: SIM115
         processes.append(subprocess.Popen(arguments, env=env, stdout=out, stderr=err))
     kill = os.environ.get("FAKE_SLURM_KILL_TASK")
     if kill:

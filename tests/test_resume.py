@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from tests.helpers import ENV, REPO, TINY, compose_config, run_cli
 from tests.image_files import write_idx_dataset
 from trainlab.checkpoint import load_checkpoint
+from trainlab.errors import UserError
+from trainlab.resume import plan_run, run_state
 from trainlab.run import run
 
 CONF = REPO / "conf"
@@ -318,6 +321,33 @@ def test_a_sweep_member_with_a_damaged_checkpoint_waits_for_it_to_be_deleted(tmp
     assert again.returncode == 0, again.stderr[-2000:]
     assert "1 run: 1 rerun" in again.stdout
     assert json.loads((member / "metrics.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("recorded", "checkpoint", "state"),
+    [
+        ({"status": "failed", "resumable": True}, True, "resume"),
+        ({"status": "failed", "resumable": True}, False, "rerun"),  # checkpoint deleted
+        ({"status": "failed"}, True, "rerun"),  # failed before it could resume from one
+        ({"status": "interrupted"}, True, "resume"),
+    ],
+)
+def test_a_run_that_failed_after_a_checkpoint_is_resumed_not_redone(
+    recorded, checkpoint, state, tmp_path
+):
+    run_dir = tmp_path / "run"
+    config = compose_config(*RUN)
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    (run_dir / "metrics.json").write_text(json.dumps(recorded))
+    if checkpoint:
+        (run_dir / "checkpoint.pt").write_bytes(b"a checkpoint")
+    assert run_state(run_dir) == state
+    assert plan_run(config, run_dir, [], multirun=True)[0] == state
+    if state == "resume":  # a single run is never resumed by accident: it says how
+        with pytest.raises(UserError, match="continue it with resume=") as refusal:
+            plan_run(config, run_dir, [], multirun=False)
+        assert f"delete {run_dir / 'checkpoint.pt'} to start it over" in str(refusal.value)
 
 
 def _quiet_run(overrides, run_dir, **options):

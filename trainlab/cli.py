@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from trainlab.distributed import (
     Processes,
     SharedError,
+    agreed,
     broadcast,
     export_submitit_tasks,
     from_environment,
@@ -37,7 +38,7 @@ from trainlab.distributed import (
     was_agreed,
 )
 from trainlab.errors import UserError
-from trainlab.files import read_json, write_json
+from trainlab.files import OutputError, read_json, write_json
 from trainlab.gpu_slots import SLOTS_FOLDER, claim_gpu
 from trainlab.interrupts import GracefulStop
 from trainlab.loggers import make_console
@@ -197,21 +198,24 @@ def _resume_hint(
 def _plan_on_process_zero(
     config: DictConfig, run_dir: Path, overrides: list[str], multirun: bool, processes: Processes
 ) -> tuple[str, DictConfig]:
-    """plan_run, decided by process 0 alone (the others would see its files appear) and
-    shared with the others, refusal included."""
+    """plan_run, with a failed attempt cleared for a rerun: decided by process 0 alone (the
+    others would see its files appear), then shared; a refusal there ends every process."""
+
+    def plan() -> tuple[str, DictConfig]:
+        action, planned = plan_run(config, run_dir, overrides, multirun)
+        if action == "rerun":
+            clear_attempt(run_dir)
+        return action, planned
+
     if not processes.parallel:
-        return plan_run(config, run_dir, overrides, multirun)
-    outcome: tuple[str, Any]
-    if processes.main:
-        try:
-            action, planned = plan_run(config, run_dir, overrides, multirun)
-            outcome = (action, OmegaConf.to_container(planned))
-        except UserError as error:
-            outcome = ("error", str(error))
-    outcome = broadcast(outcome if processes.main else None, processes)
-    if outcome[0] == "error":
-        raise (UserError if processes.main else SharedError)(outcome[1])
+        return plan()
+    outcome = agreed(lambda: _plain(plan()) if processes.main else None, processes)
+    outcome = broadcast(outcome, processes)
     return outcome[0], OmegaConf.create(outcome[1])
+
+
+def _plain(planned: tuple[str, DictConfig]) -> tuple[str, Any]:
+    return planned[0], OmegaConf.to_container(planned[1])
 
 
 def _discard_if_unused(run_dir: Path, log_name: str) -> None:
@@ -255,34 +259,21 @@ def _run_task(config: DictConfig, processes: Processes, log_file: _DeferredLogFi
     action = None
     try:
         action, config = _plan_on_process_zero(config, run_dir, overrides, multirun, processes)
-        if action == "rerun" and processes.main:
-            clear_attempt(run_dir)
         if action == "done":
             metrics = read_json(run_dir / "metrics.json") or {}
             log.info("%s already finished (%s): skipped", run_dir, metrics.get("status"))
             return _objective(metrics)
-        files = None
-        swept_from = overrides
-        if action == "resume":  # compare by the overrides the run was started with
-            saved_overrides = run_dir / ".hydra" / "overrides.yaml"
-            if saved_overrides.is_file():
-                swept_from = [str(o) for o in OmegaConf.load(saved_overrides)]
-        if action in ("new", "rerun"):
-            files = {
-                "config.yaml": config,
-                "hydra.yaml": OmegaConf.create({"hydra": hydra_config}),
-                "overrides.yaml": OmegaConf.create(overrides),
-            }
-        elif differences(
-            OmegaConf.to_container(saved_config(run_dir), resolve=True),
-            OmegaConf.to_container(config, resolve=True),
-        ):
-            files = {"config.yaml": config}  # epochs extended: the folder says what it now holds
+        # Process 0 writes the run's files; the others may not even see its folder.
+        files, swept = (
+            _files_and_swept(action, config, run_dir, overrides, hydra_config)
+            if processes.main
+            else (None, {})
+        )
         with _gpu_for_member(config, hydra_config), GracefulStop() as stop:
             metrics = run(
                 config,
                 run_dir,
-                swept=_swept(config, swept_from),
+                swept=swept,
                 console=make_console(),
                 title=title,
                 command=list(sys.argv),
@@ -354,19 +345,45 @@ def _run_task(config: DictConfig, processes: Processes, log_file: _DeferredLogFi
     return _objective(metrics)
 
 
+def _files_and_swept(
+    action: str, config: DictConfig, run_dir: Path, overrides: list[str], hydra_config: Any
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The .hydra files run() writes once every check passes (None: those there stand), and
+    the overrides the run compares by."""
+    files = None
+    swept_from = overrides
+    if action == "resume":  # compare by the overrides the run was started with
+        saved_overrides = run_dir / ".hydra" / "overrides.yaml"
+        if saved_overrides.is_file():
+            swept_from = [str(o) for o in OmegaConf.load(saved_overrides)]
+    if action in ("new", "rerun"):
+        files = {
+            "config.yaml": config,
+            "hydra.yaml": OmegaConf.create({"hydra": hydra_config}),
+            "overrides.yaml": OmegaConf.create(overrides),
+        }
+    elif differences(
+        OmegaConf.to_container(saved_config(run_dir), resolve=True),
+        OmegaConf.to_container(config, resolve=True),
+    ):
+        files = {"config.yaml": config}  # epochs extended: the folder says what it now holds
+    return files, _swept(config, swept_from)
+
+
 def _record_failure(run_dir: Path, action: str | None, error: str) -> None:
     """A sweep member's failure in its metrics.json, for the sweep's table, where run() did
     not record it (a failure while setting up). A member that failed as it resumed keeps its
     checkpoint, so the next run of the sweep resumes it."""
     recorded = read_json(run_dir / "metrics.json") or {}
-    if action in ("new", "rerun") and recorded.get("status") in (None, "running"):
-        write_json(run_dir / "metrics.json", {"status": "failed", "error": error})
-    elif action == "resume" and (
-        recorded.get("status") in ("running", "interrupted") or recorded.get("resumable")
-    ):
-        kept = {k: v for k, v in recorded.items() if k != "message"}
-        failed = {"status": "failed", "error": error, "resumable": True}
-        write_json(run_dir / "metrics.json", {**kept, **failed})
+    with contextlib.suppress(OutputError):  # a full disk: the error line still says it
+        if action in ("new", "rerun") and recorded.get("status") in (None, "running"):
+            write_json(run_dir / "metrics.json", {"status": "failed", "error": error})
+        elif action == "resume" and (
+            recorded.get("status") in ("running", "interrupted") or recorded.get("resumable")
+        ):
+            kept = {k: v for k, v in recorded.items() if k != "message"}
+            failed = {"status": "failed", "error": error, "resumable": True}
+            write_json(run_dir / "metrics.json", {**kept, **failed})
 
 
 def _lost_a_peer(error: Exception) -> bool:
@@ -383,6 +400,11 @@ def _lost_a_peer(error: Exception) -> bool:
 
 def _interrupt(signal_number: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM ends a run the way Ctrl-C does
+
+
+def _refuse(problem: str | None) -> None:
+    if problem is not None:
+        raise UserError(problem)
 
 
 def _check_command_line(argv: list[str]) -> str | None:
@@ -469,15 +491,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # outside training, SIGTERM stops like Ctrl-C
     try:
         processes = _join_processes(sys.argv)
-        problem = _check_command_line(sys.argv[1:])
-    except SharedError:  # process 0 says it
+        # Under torchrun every process checks; they agree, and process 0 says it once.
+        agreed(lambda: _refuse(_check_command_line(sys.argv[1:])), processes)
+    except UserError as error:
+        if not isinstance(error, SharedError):  # process 0's, or a process's own before joining
+            print(f"trainlab: error: {error}", file=sys.stderr)
+        leave()
         raise SystemExit(EXIT_USER_ERROR) from None
-    except UserError as error:  # this process's own (its GPU, say)
-        processes, problem = Processes(), str(error)
-    if problem is not None:
-        if processes.main:  # the same problem on every process: said once
-            print(f"trainlab: error: {problem}", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR)
     try:
         _main()
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import io
 import os
 import socket
@@ -103,20 +104,25 @@ def join(processes: Processes) -> None:
         try:
             _host_group()  # made by all processes together, now, not by the first that needs it
             if backend == "nccl":
-                torch.cuda.set_device(agreed(lambda: local_gpu(processes), processes))
-                _refuse_shared_gpus(processes)
+                _refuse_shared_gpus(agreed(lambda: _take_gpu(processes), processes), processes)
         except BaseException:
             leave()
             raise
 
 
-def _refuse_shared_gpus(processes: Processes) -> None:
+def _take_gpu(processes: Processes) -> tuple[str, str] | None:
+    """Make this process's GPU the current one; where it is: (host, GPU UUID), None if the
+    UUID is unknown."""
+    gpu = local_gpu(processes)
+    torch.cuda.set_device(gpu)
+    uuid = getattr(torch.cuda.get_device_properties(gpu), "uuid", None)
+    return None if uuid is None else (socket.gethostname(), str(uuid))
+
+
+def _refuse_shared_gpus(here: tuple[str, str] | None, processes: Processes) -> None:
     """Two processes on one GPU would fail inside nccl, or crawl: refuse it in one line. A
     scheduler that binds GPUs renumbers them in each task, so GPUs compare by their UUIDs."""
-    properties = torch.cuda.get_device_properties(torch.cuda.current_device())
-    uuid = getattr(properties, "uuid", None)
     places: list[Any] = [None] * processes.world
-    here = None if uuid is None else (socket.gethostname(), str(uuid))
     dist.all_gather_object(places, here, group=_host_group())
     sharing = sharing_a_gpu(places)
     if sharing:
@@ -135,6 +141,7 @@ def sharing_a_gpu(places: list[tuple[str, str] | None]) -> list[int]:
 
 def leave() -> None:
     if dist.is_initialized():
+        gc.collect()  # what still holds the process group (a failed run's model) goes first
         dist.destroy_process_group()
         _host_group.cache_clear()
 
@@ -175,19 +182,25 @@ def agreed(action: Callable[[], T], processes: Processes) -> T:
         result = action()
     except Exception as error:  # every process must learn of it; re-raised below
         own = error
-    problem = None if own is None else _one_line(own)
-    problems: list[str | None] = [None] * processes.world
-    dist.all_gather_object(problems, problem, group=_host_group())
-    failed = [(rank, text) for rank, text in enumerate(problems) if text is not None]
-    if not failed:
-        return result  # type: ignore[return-value]
-    if own is not None and not _a_mistake(own):
-        own.trainlab_agreed = True  # type: ignore[attr-defined]
-        raise own  # a bug or a resource: its traceback, from where it happened
-    rank, text = failed[0]
-    if not processes.main:
-        raise SharedError(text)
-    raise UserError(text if rank == 0 else f"process {rank}: {text}")
+    try:
+        problem = None if own is None else _one_line(own)
+        problems: list[str | None] = [None] * processes.world
+        dist.all_gather_object(problems, problem, group=_host_group())
+        failed = [(rank, text) for rank, text in enumerate(problems) if text is not None]
+        if not failed:
+            return result  # type: ignore[return-value]
+        if own is not None and not _a_mistake(own):
+            own.trainlab_agreed = True  # type: ignore[attr-defined]
+            raise own  # a bug or a resource: its traceback, from where it happened
+        rank, text = failed[0]
+        if not processes.main:
+            raise SharedError(text)
+        raise UserError(text if rank == 0 else f"process {rank}: {text}")
+    finally:
+        # own's traceback holds this frame, which holds own: a cycle that would keep what the
+        # action used (the model under DDP, so the process group) alive until the interpreter
+        # exits, where gloo aborts ("terminate called without an active exception").
+        own = None
 
 
 def was_agreed(error: BaseException) -> bool:
@@ -206,7 +219,8 @@ def _one_line(error: Exception) -> str:
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if isinstance(error, OmegaConfBaseException):
         return f"{first}; check the overrides"
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+    what = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return f"crashed ({what}); its traceback is in its own output"
 
 
 def broadcast(value: Any, processes: Processes) -> Any:

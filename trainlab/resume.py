@@ -211,9 +211,10 @@ def plan_run(
         )
     if not multirun and state != "rerun":  # redone: failed or dead before its first checkpoint
         status = (read_json(run_dir / "metrics.json") or {}).get("status", "unfinished")
+        over = f", delete {run_dir / CHECKPOINT_NAME} to start it over" if state == "resume" else ""
         raise UserError(
-            f"{run_dir} already holds a run ({status}); continue it with resume={run_dir}, "
-            "or choose another hydra.run.dir"
+            f"{run_dir} already holds a run ({status}); continue it with resume={run_dir}"
+            f"{over}, or choose another hydra.run.dir"
         )
     if (run_dir / ".hydra" / "config.yaml").exists():
         saved = saved_config(run_dir)

@@ -322,17 +322,7 @@ def _load_data(config: DictConfig, experiment: Experiment) -> tuple[Dataset, Tra
     copy of the files, say). Every process of a data-parallel run must hold the same data:
     a node that lacks it, or holds other sizes, fails the run on all of them."""
     processes = experiment.processes
-
-    def load() -> tuple[Dataset, Training]:
-        data = load_dataset(config.dataset)
-        if data.spec == experiment.spec:
-            return data, experiment.training
-        settings, choice = experiment.settings, experiment.optimizer_choice
-        if processes.parallel:
-            _check_parallel(settings, choice, data.spec, processes.world)
-        return data, _plan_training(config, settings, data.spec, choice, experiment.model)
-
-    data, training = agreed(load, processes)
+    data = agreed(lambda: load_dataset(config.dataset), processes)
     first = broadcast(data.spec, processes)
 
     def same_as_first() -> None:
@@ -349,7 +339,16 @@ def _load_data(config: DictConfig, experiment: Experiment) -> tuple[Dataset, Tra
         )
 
     agreed(same_as_first, processes)
-    return data, training
+    if data.spec == experiment.spec:
+        return data, experiment.training
+
+    def plan() -> Training:
+        settings, choice = experiment.settings, experiment.optimizer_choice
+        if processes.parallel:
+            _check_parallel(settings, choice, data.spec, processes.world)
+        return _plan_training(config, settings, data.spec, choice, experiment.model)
+
+    return data, agreed(plan, processes)
 
 
 def check_data_parallel(config: DictConfig, world: int) -> None:
@@ -503,24 +502,23 @@ def run(
         on_start()
     if previous:
         started = previous.get("started_at", started)
+
+    def start() -> None:
+        if not main:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if config_files:
+            _save_config_files(run_dir, config_files)
+        running = {"status": "running", "started_at": started, "pid": os.getpid()}
+        write_json(metrics_path, {**running, "host": socket.gethostname()})
+
+    agreed(start, experiment.processes)  # a folder process 0 cannot write ends them all
     if not main:
         return _train(
             config, experiment, run_dir, saved, started, clock,
             swept=swept, console=console, title=title, command=list(command or sys.argv),
             stop_requested=stop_requested, resume_hint="",
         )  # fmt: skip
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if config_files:
-        _save_config_files(run_dir, config_files)
-    write_json(
-        metrics_path,
-        {
-            "status": "running",
-            "started_at": started,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-        },
-    )
     try:
         return _train(
             config, experiment, run_dir, saved, started, clock,
@@ -577,11 +575,15 @@ def _train(
     metrics_path = run_dir / "metrics.json"
     processes = experiment.processes
     main = processes.main
-    provenance: dict[str, Any] = {}
-    if main and saved is None:
-        provenance = record_provenance(run_dir, config, command, started)
-    elif main:
-        provenance = record_resume(run_dir, config, command, _now(), saved["engine"]["step"])
+
+    def provenance_of_run() -> dict[str, Any]:
+        if not main:
+            return {}
+        if saved is None:
+            return record_provenance(run_dir, config, command, started)
+        return record_resume(run_dir, config, command, _now(), saved["engine"]["step"])
+
+    provenance = agreed(provenance_of_run, processes)
     data, training = _load_data(config, experiment)
     spec = data.spec
     if experiment.channels_last and hasattr(data.prepare, "channels_last"):
