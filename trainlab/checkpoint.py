@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from trainlab.errors import UserError
+from trainlab.errors import UserError, first_line
 from trainlab.files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -87,7 +87,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, pickle with code in it, not a torch file...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error) or type(error).__name__
         raise CheckpointError(
             f"{path} is damaged or not a trainlab checkpoint ({reason[:160]}); delete it and "
             "start the run again"

@@ -37,7 +37,7 @@ from trainlab.distributed import (
     wait_for_all,
     was_agreed,
 )
-from trainlab.errors import UserError
+from trainlab.errors import UserError, as_user_error
 from trainlab.files import OutputError, read_json, write_json
 from trainlab.gpu_slots import SLOTS_FOLDER, claim_gpu
 from trainlab.interrupts import GracefulStop
@@ -299,9 +299,8 @@ def _run_task(config: DictConfig, processes: Processes, log_file: _DeferredLogFi
         if processes.main:
             print(f"trainlab: interrupted; {run_dir} is marked interrupted", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None  # a sweep stops here too
-    except (UserError, OmegaConfBaseException) as error:
-        if isinstance(error, OmegaConfBaseException):  # a ${...} or ??? the checks did not reach
-            error = UserError(f"{str(error).strip().splitlines()[0]}; check the overrides")
+    except (UserError, OmegaConfBaseException) as caught:
+        error = as_user_error(caught)
         if processes.main:
             print(f"trainlab: error: {error}", file=sys.stderr)
         elif not isinstance(error, SharedError):

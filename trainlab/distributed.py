@@ -19,9 +19,8 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from omegaconf.errors import OmegaConfBaseException
 
-from trainlab.errors import UserError
+from trainlab.errors import UserError, as_user_error, first_line
 
 T = TypeVar("T")
 
@@ -189,7 +188,7 @@ def agreed(action: Callable[[], T], processes: Processes) -> T:
         failed = [(rank, text) for rank, text in enumerate(problems) if text is not None]
         if not failed:
             return result  # type: ignore[return-value]
-        if own is not None and not _a_mistake(own):
+        if own is not None and as_user_error(own) is None:
             own.trainlab_agreed = True  # type: ignore[attr-defined]
             raise own  # a bug or a resource: its traceback, from where it happened
         rank, text = failed[0]
@@ -208,17 +207,11 @@ def was_agreed(error: BaseException) -> bool:
     return getattr(error, "trainlab_agreed", False)
 
 
-def _a_mistake(error: Exception) -> bool:
-    """A mistake the user can fix: a UserError, or a ${...} or ??? the checks did not reach."""
-    return isinstance(error, (UserError, OmegaConfBaseException))
-
-
 def _one_line(error: Exception) -> str:
-    if isinstance(error, UserError):
-        return str(error)
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, OmegaConfBaseException):
-        return f"{first}; check the overrides"
+    mistake = as_user_error(error)
+    if mistake is not None:
+        return str(mistake)
+    first = first_line(error)
     what = f"{type(error).__name__}: {first}" if first else type(error).__name__
     return f"crashed ({what}); its traceback is in its own output"
 

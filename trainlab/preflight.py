@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
+from trainlab.errors import first_line
+
 Compose = Callable[[list[str]], DictConfig]
 
 
@@ -59,10 +61,10 @@ def explain(error: Exception, overrides: list[str], compose: Compose) -> str:
     """One line saying which override is wrong and what was probably meant."""
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         return _missing_option(error)
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    first = first_line(error) or repr(error)
     if isinstance(error, OverrideParseException):
-        return f"{first_line} (write overrides as key=value, e.g. optimizer.lr=0.01)"
-    match = re.match(r"Could not override '([^']+)'", first_line)
+        return f"{first} (write overrides as key=value, e.g. optimizer.lr=0.01)"
+    match = re.match(r"Could not override '([^']+)'", first)
     if match:
         return _unknown_key(match.group(1), overrides, compose)
-    return first_line
+    return first

@@ -42,11 +42,10 @@ from trainlab.distributed import (
     broadcast,
     from_environment,
     gather,
-    local_gpu,
     reduce_sum,
 )
 from trainlab.engine import FitSettings, FitState, fit
-from trainlab.errors import ConfigError, UserError
+from trainlab.errors import ConfigError, UserError, first_line
 from trainlab.files import OutputError, atomic_write, read_json, write_json
 from trainlab.loggers import ConsoleLogger, NullLogger, TensorBoardLogger, make_console
 from trainlab.losses import build_loss
@@ -262,9 +261,8 @@ def check_complete(config: DictConfig) -> None:
     try:
         OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as error:
-        first = str(error).strip().splitlines()[0]
         raise ConfigError(
-            f"the config cannot be resolved: {first}; fix the ${{...}} or ??? value it names"
+            f"the config cannot be resolved: {first_line(error)}; fix the ${{...}} or ??? value it names"
         ) from None
 
 
@@ -291,8 +289,8 @@ def _build_on_this_process(config: DictConfig, processes: Processes) -> Experime
     check_complete(config)
     settings = read_run_settings(config)
     device = resolve_device(settings.device)
-    if processes.parallel and device.type == "cuda":  # one GPU per process
-        device = torch.device("cuda", local_gpu(processes))
+    if processes.parallel and device.type == "cuda":  # the one join() gave this process
+        device = torch.device("cuda", torch.cuda.current_device())
     spec = describe_dataset(config.dataset)
     loss_fn = build_loss(config.loss, spec)
     optimizer_choice = read_optimizer(config.optimizer)
@@ -302,7 +300,7 @@ def _build_on_this_process(config: DictConfig, processes: Processes) -> Experime
     try:
         network = build_model(config.model, spec)
     except (MemoryError, RuntimeError) as error:  # torch cannot allocate the weights
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error) or type(error).__name__
         raise ConfigError(
             f"model={config.model.name} cannot be built here ({first[:120]}); use smaller sizes"
         ) from None

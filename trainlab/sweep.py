@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from rich.table import Table
 
-from trainlab.errors import UserError
+from trainlab.errors import UserError, first_line
 from trainlab.loggers import make_console
 from trainlab.preflight import Compose, explain
 from trainlab.report import Run, find_runs
@@ -115,7 +115,7 @@ def check_members(members: Sequence[list[str]], compose: Compose) -> tuple[Count
         except UserError as error:
             problems.append(f"{name}: {error}")
         except Exception as error:  # an OmegaConf or torch error the checks did not foresee
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            first = first_line(error)
             problems.append(f"{name}: {type(error).__name__}: {first}")
     return actions, problems
 
