@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import trainlab.cli  # noqa: F401  (registers the config resolvers)
-from trainlab.cli import CONFIG_DIR
+import trainlab.resolvers  # noqa: F401  (registers the config resolvers)
+from trainlab.preflight import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,6 +24,38 @@ def compose_config(*overrides: str) -> DictConfig:
     """The config ``trainlab <overrides>`` would run with."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def train_run(
+    config: DictConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    stop_requested=None,
+    command: list[str] | None = None,
+    multirun: bool = False,
+    overrides: list[str] | None = None,
+) -> dict:
+    """One run in this process, as ``trainlab`` runs it (quietly): what its metrics.json holds.
+    ``resume`` continues the run in ``run_dir`` from its checkpoint; ``overrides`` are those of
+    the command line (a resume may change only what they set)."""
+    from rich.console import Console
+
+    from trainlab.job import Job
+    from trainlab.train import run
+
+    if resume:
+        config = config.copy()
+        config.resume = str(run_dir)
+    job = Job(
+        run_dir=Path(run_dir),
+        multirun=multirun,
+        overrides=list(overrides or []),
+        command=command or ["trainlab"],
+        console=Console(file=open(os.devnull, "w")),  # noqa: SIM115
+        **({"stop_requested": stop_requested} if stop_requested else {}),
+    )
+    return run(config, job)
 
 
 def member_metrics(sweep: Path) -> dict[str, dict]:
@@ -34,30 +69,105 @@ def member_metrics(sweep: Path) -> dict[str, dict]:
 ENV = {**os.environ, "HYDRA_FULL_ERROR": "0", "COLUMNS": "200"}
 
 
+def _is_override(arg: str) -> bool:
+    return not arg.startswith("-") and ("=" in arg or arg.startswith("~"))
+
+
+def merged(args: tuple[str, ...] | list[str]) -> list[str]:
+    """The command line with each override given once: a later ``key=value`` replaces an
+    earlier one of the same key, as the tests compose them (trainlab itself refuses a key given
+    twice). Flags and their values stay in front, in their order."""
+    overrides: dict[str, str] = {}
+    for arg in filter(_is_override, args):
+        key = arg.split("=", 1)[0].lstrip("+~")
+        overrides.pop(key, None)
+        overrides[key] = arg
+    return [*(a for a in args if not _is_override(a)), *overrides.values()]
+
+
+_SERVER = None
+
+
+def _server():
+    """A forkserver that has imported torch, Hydra and trainlab once (tests/cli_child.py)."""
+    global _SERVER
+    if _SERVER is None:
+        _SERVER = multiprocessing.get_context("forkserver")
+        _SERVER.set_forkserver_preload(["tests.cli_child"])
+    return _SERVER
+
+
+class CliProcess:
+    """The real ``trainlab`` entry point running in a child of the forkserver, with the parts of
+    subprocess.Popen's interface the tests use."""
+
+    def __init__(self, args, cwd: Path, env: dict[str, str] | None, driver: dict | None) -> None:
+        from tests import cli_child
+
+        self.args = list(args)
+        self._files = tempfile.mkdtemp(prefix="trainlab-cli-")
+        self._out, self._err = (os.path.join(self._files, name) for name in ("out", "err"))
+        environ = {**ENV, **(env or {})}
+        self._process = _server().Process(
+            target=cli_child.run,
+            args=(self.args, str(cwd), environ, self._out, self._err, driver),
+        )
+        self._process.start()
+        self.pid = self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def send_signal(self, number: int) -> None:
+        os.kill(self.pid, number)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            self._process.kill()
+            self._process.join()
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        outputs = tuple(Path(path).read_text(errors="replace") for path in (self._out, self._err))
+        shutil.rmtree(self._files, ignore_errors=True)
+        return outputs  # type: ignore[return-value]
+
+
+def start_cli(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    driver: dict | None = None,
+    as_given: bool = False,
+) -> CliProcess:
+    """Start ``trainlab ARGS`` without waiting for it (``driver``: kill points, see
+    kill_driver; ``as_given``: the arguments exactly as given, not merged)."""
+    return CliProcess(list(args) if as_given else merged(args), cwd, env, driver)
+
+
 def run_cli(
-    *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+    *args: str,
+    cwd: Path,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    driver: dict | None = None,
+    as_given: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m trainlab ARGS`` (the console script's code) and capture its output."""
+    """Run ``trainlab ARGS`` (its real entry point) and capture its output."""
+    process = start_cli(*args, cwd=cwd, env=env, driver=driver, as_given=as_given)
+    stdout, stderr = process.communicate(timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_cli_process(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m trainlab ARGS`` as a new process: for what only a fresh interpreter shows."""
     return subprocess.run(
         [sys.executable, "-m", "trainlab", *args],
-        cwd=cwd,
-        env={**ENV, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
-    """Start ``python -m trainlab ARGS`` without waiting for it."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "trainlab", *args],
-        cwd=cwd,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
 
 
 # Overrides that make a run take well under a second.

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import sys
 
 import trainlab.checkpoint
-from trainlab.cli import main
 from trainlab.data.loader import InMemoryLoader
 
 
@@ -75,7 +75,33 @@ def _fake_submitit(record: str) -> None:
     signal.signal(signal.SIGUSR2, requeue)
 
 
-if __name__ == "__main__":
+def install(
+    after_batches: int | None = None,
+    signal_name: str = "KILL",
+    in_checkpoint_write: int | None = None,
+    after_checkpoint: int | None = None,
+    times: int = 1,
+    fake_submitit: str | None = None,
+    only_rank: int | None = None,
+    file_size_limit: int | None = None,
+) -> None:
+    """Install the chosen kill points in this process (see the module docstring);
+    ``file_size_limit``: every write past that many bytes fails, as on a full disk."""
+    if file_size_limit is not None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+    if after_batches is not None:
+        number = 0 if signal_name == "RAISE" else getattr(signal, f"SIG{signal_name}")
+        _patch_loader(after_batches, number, times, only_rank)
+    if fake_submitit is not None:
+        _fake_submitit(fake_submitit)
+    if in_checkpoint_write is not None:
+        _patch_checkpoint(in_checkpoint_write, after_write=False)
+    if after_checkpoint is not None:
+        _patch_checkpoint(after_checkpoint, after_write=True)
+
+
+if __name__ == "__main__":  # under torchrun: python tests/kill_driver.py OPTIONS -- ARGS
     parser = argparse.ArgumentParser()
     parser.add_argument("--after-batches", type=int)
     parser.add_argument("--signal", "--kill-with", dest="signal", default="KILL")  # torchrun: -with
@@ -85,14 +111,11 @@ if __name__ == "__main__":
     parser.add_argument("--fake-submitit")
     parser.add_argument("--only-rank", type=int)  # under torchrun: act in this process only
     options, rest = parser.parse_known_args()
-    if options.after_batches is not None:
-        number = 0 if options.signal == "RAISE" else getattr(signal, f"SIG{options.signal}")
-        _patch_loader(options.after_batches, number, options.times, options.only_rank)
-    if options.fake_submitit is not None:
-        _fake_submitit(options.fake_submitit)
-    if options.in_checkpoint_write is not None:
-        _patch_checkpoint(options.in_checkpoint_write, after_write=False)
-    if options.after_checkpoint is not None:
-        _patch_checkpoint(options.after_checkpoint, after_write=True)
+    install(
+        options.after_batches, options.signal, options.in_checkpoint_write,
+        options.after_checkpoint, options.times, options.fake_submitit, options.only_rank,
+    )  # fmt: skip
     sys.argv = ["trainlab", *[a for a in rest if a != "--"]]
+    from trainlab.cli import main
+
     main()

@@ -4,22 +4,20 @@ overwritten: a finished run beside it stays byte for byte as it was."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import importlib.util
 import json
 import os
-import resource
 import shutil
-import signal
-import socket
-import subprocess
-import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import ENV, TINY, run_cli
+from tests.helpers import TINY, run_cli
 from tests.image_files import write_idx_dataset
 
 FINISHED = "outputs/finished"
@@ -154,8 +152,9 @@ CASES = [
     (
         "run folder in use",
         ["hydra.run.dir={root}/outputs/busy"],
-        "is being run right now by process",
+        "is in use by another trainlab process right now",
     ),
+    ("run resumed while in use", ["resume={root}/outputs/busy"], "is in use by another trainlab"),
     (
         "run folder inside a run",
         ["hydra.run.dir={root}/outputs/finished/sub"],
@@ -220,6 +219,90 @@ CASES = [
         "the sweep has no members",
     ),
 ]
+# Found in use: a key twice, a deleted setting, overrides Hydra cannot read, paths the
+# operating system refuses, values torch cannot hold, the sweep plugins' own settings.
+CASES += [
+    ("a key given twice", ["seed=1", "seed=2"], "seed is given 2 times (seed=1, seed=2)"),
+    (
+        "a swept key given twice",
+        ["-m", "seed=0,1", "seed=2,3", "hydra.sweep.dir={root}/outputs/sweep"],
+        "seed is given 2 times",
+    ),
+    ("a setting deleted", ["~optimizer.lr"], "~optimizer.lr deletes a setting"),
+    ("unicode digits", ["optimizer.lr=\uff11e-3"], "quote a value"),
+    ("a semicolon", ["loss=mse;rm"], "quote a value"),
+    ("a shell substitution", ["loss=$(ls)"], "quote a value"),
+    ("a preset without +", ["experiment=lr_sweep"], "chosen with a +: +experiment=lr_sweep"),
+    ("an lr torch cannot hold", ["optimizer=sgd", "optimizer.lr=1e300"], "too large for torch"),
+    ("a run folder name too long", ["hydra.run.dir={root}/" + "x" * 300], "use a shorter path"),
+    ("a resume folder name too long", ["resume={root}/" + "z" * 300], "use a shorter path"),
+    (
+        "a data folder name too long",
+        ["dataset=mnist", "dataset.root={root}/" + "y" * 300, "dataset.download=false"],
+        "use a shorter path",
+    ),
+    ("a run folder that is a file", ["hydra.run.dir={root}/a-file"], "is a file, not a folder"),
+    ("a resume of a file", ["resume={root}/a-file"], "is a file, not a run folder"),
+    (
+        "a data folder that is a file",
+        ["dataset=mnist", "dataset.root={root}/a-file", "dataset.download=false"],
+        "a-file is a file, not a folder; point dataset.root at the folder",
+    ),
+    (
+        "a metrics.json that is a folder",
+        ["hydra.run.dir={root}/outputs/metrics-folder"],
+        "metrics-folder/metrics.json cannot be read",
+    ),
+    (
+        "an unreadable metrics.json, same command",
+        ["hydra.run.dir={root}/outputs/truncated-metrics"],
+        "truncated-metrics/metrics.json cannot be read",
+    ),
+    (
+        "an unreadable metrics.json, resumed",
+        ["resume={root}/outputs/truncated-metrics"],
+        "changes nothing there",
+    ),
+    (
+        "a basic sweep batch of -1",
+        [
+            "-m",
+            "hydra.sweeper.max_batch_size=-1",
+            "seed=0,1",
+            "hydra.sweep.dir={root}/outputs/sweep",
+        ],
+        "hydra.sweeper.max_batch_size must be null or a whole number >= 1, got -1",
+    ),
+]
+if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None:
+    CASES.append(
+        (
+            "joblib with no jobs",
+            [
+                "-m",
+                "hydra/launcher=joblib",
+                "hydra.launcher.n_jobs=0",
+                "seed=0,1",
+                "hydra.sweep.dir={root}/outputs/sweep",
+            ],
+            "hydra.launcher.n_jobs must be a whole number >= 1",
+        )
+    )
+if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
+    CASES.append(
+        (
+            "optuna with no trials",
+            [
+                "-m",
+                "+experiment=optuna_search",
+                "hydra.sweeper.n_trials=0",
+                "hydra.sweep.dir={root}/outputs/sweep",
+            ],
+            "hydra.sweeper.n_trials must be a whole number >= 1, got 0",
+        )
+    )
+# Run as given: the others get the test's small data sizes first (the case has the last word).
+AS_GIVEN = {"a key given twice", "a swept key given twice"}
 if not torch.cuda.is_available():
     CASES.append(
         ("cuda on a machine without", ["device=cuda"], "device=cuda but torch sees no CUDA GPU")
@@ -241,7 +324,7 @@ def _copy_run(root: Path, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+def workspace(tmp_path_factory) -> Iterator[Path]:
     """A folder with one finished run and the broken inputs the cases point at."""
     root = tmp_path_factory.mktemp("bad-input")
     result = run_cli(*TINY, f"hydra.run.dir={root / FINISHED}", cwd=root)
@@ -260,12 +343,16 @@ def workspace(tmp_path_factory) -> Path:
     result = run_cli(*TINY, "model=linear", f"hydra.run.dir={other}", cwd=root)
     assert result.returncode == 0, result.stderr
     shutil.copy(other / "checkpoint.pt", _copy_run(root, "mismatched-ckpt") / "checkpoint.pt")
-    busy = root / "outputs" / "busy"  # as a live run leaves it: this very process runs it
-    busy.mkdir()
-    (busy / "metrics.json").write_text(
-        json.dumps({"status": "running", "pid": os.getpid(), "host": socket.gethostname()})
-    )
-    return root
+    (_copy_run(root, "truncated-metrics") / "metrics.json").write_text('{"status": "comp')
+    folder_instead = _copy_run(root, "metrics-folder")
+    (folder_instead / "metrics.json").unlink()
+    (folder_instead / "metrics.json").mkdir()
+    busy = _copy_run(root, "busy")  # a run this very process holds, as a live run does
+    (busy / "metrics.json").write_text(json.dumps({"status": "running"}))
+    descriptor = os.open(busy / ".trainlab.lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    yield root
+    os.close(descriptor)
 
 
 @pytest.fixture(scope="module")
@@ -275,9 +362,9 @@ def results(workspace):
 
     def one(case):
         args = [a.replace("{root}", str(workspace)) for a in case[1]]
-        flags = [a for a in args if a == "-m"]  # Hydra wants its flags before the overrides
-        rest = [a for a in args if a != "-m"]
-        return run_cli(*flags, *TINY[:3], *rest, cwd=workspace)  # the case has the last word
+        if case[0] in AS_GIVEN:
+            return run_cli(*args, cwd=workspace, as_given=True)
+        return run_cli(*TINY[:3], *args, cwd=workspace)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         outcomes = dict(zip([c[0] for c in CASES], pool.map(one, CASES), strict=True))
@@ -301,41 +388,35 @@ def test_bad_input_overwrites_nothing(results, workspace):
     assert not changed, changed
     new_folders = {p.name for p in (workspace / "outputs").iterdir()} - {
         "finished", "other-model", "corrupt-ckpt", "truncated-ckpt", "foreign-ckpt",
-        "mismatched-ckpt", "runs", "busy",
+        "mismatched-ckpt", "busy", "truncated-metrics", "metrics-folder",
     }  # fmt: skip
-    assert not new_folders, new_folders
+    assert not new_folders, new_folders  # missing or corrupt data left no run folder either
     assert not (workspace / "outputs" / "sweep").exists()
     assert not (workspace / "trainlab.log").exists()
-    # Only the two runs whose data was missing or corrupt started, and they say they failed.
-    started = [path.parent for path in (workspace / "outputs" / "runs").rglob("metrics.json")]
-    assert len(started) == 2, started
-    assert {json.loads((p / "metrics.json").read_text())["status"] for p in started} == {"failed"}
-    folders = [p for p in (workspace / "outputs" / "runs").rglob("*") if p.is_dir()]
-    assert len(folders) == 5, folders  # the day, the two runs and their .hydra: nothing empty
+    busy_lock = workspace / "outputs" / "busy" / ".trainlab.lock"
+    assert list(workspace.rglob(".trainlab.lock")) == [busy_lock]  # the one this test holds
 
 
-def test_a_full_disk_while_saving_is_one_line_and_keeps_the_checkpoint(tmp_path):
-    """A file-size limit makes every write past it fail, as a full disk does."""
+def test_a_full_disk_while_extending_a_run_is_one_line_and_undoes_the_extension(tmp_path):
+    """A file-size limit makes every write past it fail, as a full disk does: the extension
+    fails at its first checkpoint, and the finished run is back, byte for byte."""
     run_dir = tmp_path / "run"
     result = run_cli(*TINY, "epochs=2", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0
-    checkpoint = (run_dir / "checkpoint.pt").read_bytes()
-    limit = 4096  # smaller than a checkpoint, larger than metrics.json
-
-    def small_files() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of the process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    full = subprocess.run(
-        [sys.executable, "-m", "trainlab", f"resume={run_dir}", "epochs=4"],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, preexec_fn=small_files,
+    before = _fingerprint(run_dir)
+    full = run_cli(
+        f"resume={run_dir}", "epochs=4", cwd=tmp_path,
+        driver={"file_size_limit": 4096},  # smaller than a checkpoint, larger than metrics.json
     )  # fmt: skip
     assert full.returncode == 2, full.stderr
     last = full.stderr.strip().splitlines()[-1]
     assert last.startswith("trainlab: error: cannot write ") and "free some disk space" in last
-    assert "Traceback" not in full.stderr
-    assert (run_dir / "checkpoint.pt").read_bytes() == checkpoint  # the old one, intact
-    assert not list(run_dir.glob(".*.tmp"))
+    assert last.endswith(f"the extension was undone: {run_dir} holds the finished run as it was")
+    assert "Traceback" not in full.stderr and "Logging error" not in full.stderr
+    assert _fingerprint(run_dir) == before
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(
+        {path.split("/")[0] for path in before}
+    )  # nothing left behind: no lock, no kept copy, no temporary file
 
 
 def test_a_batch_larger_than_the_training_set_trains_full_batch_and_says_so(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf.errors import InterpolationKeyError
 
-from tests.helpers import ENV, REPO, TINY, run_cli
+from tests.helpers import ENV, REPO, TINY, merged, run_cli
 from tests.test_resume import assert_same_run
 from trainlab.errors import UserError
 
@@ -32,7 +32,7 @@ def torchrun(*args: str, cwd: Path, script: str = "-m trainlab") -> subprocess.C
     # --standalone: a free port of its own, so runs at the same time never meet
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     return subprocess.run(
-        [*command, *script.split(), *args],
+        [*command, *script.split(), *merged(args)],
         cwd=cwd, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -127,15 +127,15 @@ def test_what_data_parallel_cannot_do_is_refused(overrides, message, tmp_path):
 
 
 def test_missing_data_fails_the_run_once_not_once_per_process(tmp_path):
-    """Every process finds the data missing as it loads it: they agree, process 0 says it and
-    records it, and no process waits for another."""
+    """Every process finds the data missing as it loads it: they agree, process 0 says it (its
+    own error, not process 1's), no process waits for another, and since the run never started
+    no folder is left."""
     missing = ("dataset=mnist", "dataset.download=false", "dataset.root=nowhere")
     result = torchrun(*TINY, *missing, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode != 0
-    assert "files missing in" in one_error(result.stderr)
-    recorded = metrics(tmp_path / "run")
-    assert recorded["status"] == "failed" and "files missing in" in recorded["error"]
-    assert not recorded["error"].startswith("process 1")  # process 0's own error
+    error = one_error(result.stderr)
+    assert "files missing in" in error and not error.startswith("trainlab: error: process 1")
+    assert not (tmp_path / "run").exists()
 
 
 def one_error(stderr: str) -> str:
@@ -231,6 +231,6 @@ def test_processes_agree_on_any_failure(tmp_path):
     ],
 )
 def test_a_lost_peer_is_told_from_a_failure_of_this_process(error, lost):
-    from trainlab.cli import _lost_a_peer
+    from trainlab.distributed import lost_a_peer as _lost_a_peer
 
     assert _lost_a_peer(error) is lost

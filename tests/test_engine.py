@@ -10,10 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import TINY, compose_config
-from trainlab.engine import FitSettings, fit
+from tests.helpers import TINY, compose_config, train_run
+from trainlab.engine import Callback, FitSettings, fit
 from trainlab.optim import TrainingPlan, build_schedule
-from trainlab.run import run
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 RANKING_LOSSES = {"pairwise", "pointwise", "listwise"}
@@ -38,7 +37,7 @@ def every_option():
 @pytest.mark.parametrize("overrides", list(every_option()), ids=lambda o: ",".join(o))
 def test_every_option_composes_and_trains(overrides, tmp_path):
     config = compose_config(*overrides, "dataset.train_size=512", *TINY[1:3], "epochs=4")
-    metrics = run(config, tmp_path)
+    metrics = train_run(config, tmp_path)
     history = metrics["history"]["train_loss"]
     assert metrics["status"] in ("completed", "early_stopped")
     assert history[-1] < history[0], history
@@ -47,7 +46,7 @@ def test_every_option_composes_and_trains(overrides, tmp_path):
 
 
 def test_gd_takes_one_full_batch_step_per_epoch(tmp_path):
-    metrics = run(compose_config("optimizer=gd", *TINY, "epochs=5"), tmp_path)
+    metrics = train_run(compose_config("optimizer=gd", *TINY, "epochs=5"), tmp_path)
     assert metrics["steps"] == metrics["epochs_run"] == 5
     assert metrics["batch_size"] == 256
 
@@ -109,7 +108,7 @@ def test_early_stopping_stops_after_patience_and_restores_best_weights():
     val_losses = iter([1.0, 0.5, 0.6, 0.55, 0.7, 0.1])
     snapshots = {}
 
-    class Snapshot:
+    class Snapshot(Callback):
         def on_epoch_end(self, epoch, scalars):
             snapshots[epoch] = model.weight.detach().clone()
 
@@ -141,7 +140,7 @@ def test_min_delta_counts_small_improvements_as_none():
 
 def test_divergence_stops_the_run_with_a_clear_status(tmp_path):
     config = compose_config("optimizer=sgd", "optimizer.lr=1e6", "loss=mse", *TINY[:3], "epochs=5")
-    metrics = run(config, tmp_path)
+    metrics = train_run(config, tmp_path)
     assert metrics["status"] == "diverged"
     assert "lower optimizer.lr" in metrics["message"]
     assert metrics["epochs_run"] == 1
@@ -149,24 +148,24 @@ def test_divergence_stops_the_run_with_a_clear_status(tmp_path):
 
 def test_same_config_twice_gives_identical_numbers(tmp_path):
     config = compose_config(*TINY, "model.dropout=0.2")
-    first = run(config, tmp_path / "a")
-    second = run(config, tmp_path / "b")
+    first = train_run(config, tmp_path / "a")
+    second = train_run(config, tmp_path / "b")
     for key in ("history", "val", "test", "steps", "best_epoch"):
         assert first[key] == second[key], key
-    other = run(compose_config(*TINY, "model.dropout=0.2", "seed=1"), tmp_path / "c")
+    other = train_run(compose_config(*TINY, "model.dropout=0.2", "seed=1"), tmp_path / "c")
     assert other["history"] != first["history"]
 
 
 def test_classification_losses_and_models_separate_on_the_default_data(tmp_path):
     """The default data is not linearly separable: an MLP beats a linear model clearly."""
     sizes = ("dataset.train_size=2000", "epochs=15")
-    linear = run(compose_config("model=linear", *sizes), tmp_path / "linear")
-    mlp = run(compose_config("model=mlp", *sizes), tmp_path / "mlp")
+    linear = train_run(compose_config("model=linear", *sizes), tmp_path / "linear")
+    mlp = train_run(compose_config("model=mlp", *sizes), tmp_path / "mlp")
     assert linear["test"]["accuracy"] < 0.5
     assert mlp["test"]["accuracy"] > linear["test"]["accuracy"] + 0.15
 
 
-class _Recorder:
+class _Recorder(Callback):
     def __init__(self):
         self.logs = []
 
@@ -193,7 +192,7 @@ def test_a_logging_interval_spanning_epochs_averages_all_its_steps():
 
 
 def test_history_lines_up_when_evaluating_every_other_epoch(tmp_path):
-    metrics = run(compose_config(*TINY[:3], "epochs=5", "eval_every_epochs=2"), tmp_path)
+    metrics = train_run(compose_config(*TINY[:3], "epochs=5", "eval_every_epochs=2"), tmp_path)
     history = metrics["history"]
     assert history["epoch"] == [1, 2, 3, 4, 5]
     assert [v is None for v in history["val_loss"]] == [True, False, True, False, False]
@@ -208,7 +207,7 @@ def test_without_restoring_best_val_and_test_describe_the_last_weights(tmp_path)
         "early_stopping.enabled=false",
         "optimizer.lr=0.05",
     )
-    metrics = run(config, tmp_path)
+    metrics = train_run(config, tmp_path)
     assert metrics["restored_best"] is False
     assert (
         metrics["val"]["loss"]
@@ -219,7 +218,7 @@ def test_without_restoring_best_val_and_test_describe_the_last_weights(tmp_path)
 
 
 def test_metrics_json_is_strict_json_after_divergence(tmp_path):
-    run(compose_config("optimizer=sgd", "optimizer.lr=1e6", "loss=mse", *TINY), tmp_path)
+    train_run(compose_config("optimizer=sgd", "optimizer.lr=1e6", "loss=mse", *TINY), tmp_path)
     text = (tmp_path / "metrics.json").read_text()
 
     def refuse(constant):

@@ -47,7 +47,7 @@ def test_the_gpus_launcher_runs_gpus_times_members_per_gpu_at_once():
     import torch
     from hydra import compose, initialize_config_dir
 
-    from trainlab.cli import CONFIG_DIR
+    from trainlab.preflight import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         config = compose(
@@ -65,8 +65,8 @@ def test_only_the_gpus_launcher_pins_members_to_gpu_slots(tmp_path, monkeypatch)
     import torch
     from omegaconf import OmegaConf
 
-    from trainlab.cli import _gpu_for_member
     from trainlab.gpu_slots import SLOTS_FOLDER
+    from trainlab.gpu_slots import gpu_for_member as _gpu_for_member
 
     chosen: list[int] = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

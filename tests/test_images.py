@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import compose_config, run_cli
+from tests.helpers import compose_config, run_cli, train_run
 from tests.image_files import write_cifar_dataset, write_idx_dataset
 from trainlab.data import InMemoryLoader, load_dataset
 from trainlab.data import images as image_files
@@ -233,7 +233,6 @@ def test_loader_augments_training_batches_and_keeps_labels(tmp_path):
 @pytest.mark.parametrize("model", ["cnn", "resnet"])
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_conv_models_train_on_both_image_shapes(model, dataset, tmp_path):
-    from trainlab.run import run
 
     if dataset == "mnist":
         write_idx_dataset(tmp_path / "MNIST/raw", train=96, test=32, gzipped=True)
@@ -246,14 +245,13 @@ def test_conv_models_train_on_both_image_shapes(model, dataset, tmp_path):
         f"dataset={dataset}", f"model={model}", f"dataset.root={tmp_path}", "dataset.download=false",
         "dataset.val_size=32", "epochs=3", "batch_size=16", *extra,
     )  # fmt: skip
-    metrics = run(config, tmp_path / "run")
+    metrics = train_run(config, tmp_path / "run")
     assert metrics["status"] in ("completed", "early_stopped")
     history = metrics["history"]["train_loss"]
     assert history[-1] < history[0]
 
 
 def test_bf16_autocast_and_channels_last_run_on_cpu(tmp_path):
-    from trainlab.run import run
 
     write_idx_dataset(tmp_path / "MNIST/raw", train=96, test=32, gzipped=False)
     config = compose_config(
@@ -261,17 +259,16 @@ def test_bf16_autocast_and_channels_last_run_on_cpu(tmp_path):
         f"dataset.root={tmp_path}", "dataset.download=false", "dataset.val_size=32", "epochs=2",
         "batch_size=16", "precision=bf16", "channels_last=true",
     )  # fmt: skip
-    metrics = run(config, tmp_path / "run")
+    metrics = train_run(config, tmp_path / "run")
     assert metrics["status"] in ("completed", "early_stopped")
     assert all(torch.isfinite(torch.tensor(metrics["history"]["train_loss"])))
 
 
 def test_cnn_on_synthetic_data_is_refused():
     from trainlab.errors import ConfigError
-    from trainlab.run import run
 
     with pytest.raises(ConfigError, match="model=cnn needs image data"):
-        run(compose_config("model=cnn"), Path("/nonexistent"))
+        train_run(compose_config("model=cnn"), Path("/nonexistent"))
 
 
 @pytest.mark.skipif(

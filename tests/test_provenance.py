@@ -7,9 +7,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from tests.helpers import TINY, compose_config
+from tests.helpers import TINY, compose_config, train_run
 from trainlab.provenance import config_hash
-from trainlab.run import run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +25,7 @@ def test_config_hash_names_the_experiment_not_where_it_runs():
 
 
 def test_every_run_records_its_provenance(tmp_path):
-    metrics = run(compose_config(*TINY), tmp_path, command=["trainlab", "epochs=3"])
+    metrics = train_run(compose_config(*TINY), tmp_path, command=["trainlab", "epochs=3"])
     provenance = json.loads((tmp_path / "provenance.json").read_text())
     assert provenance["command"] == ["trainlab", "epochs=3"]
     assert provenance["config_hash"] == metrics["config_hash"] == config_hash(compose_config(*TINY))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ENV, TINY, member_metrics, run_cli
+from tests.helpers import ENV, TINY, member_metrics, run_cli, train_run
 from trainlab.report import Group, Run, find_runs, mean_and_std, rank, report, swept_keys
 
 needs_plugin = {
@@ -174,9 +174,8 @@ def test_report_refuses_an_unknown_metric(tmp_path):
 
 def test_report_shows_provenance(tmp_path):
     from tests.helpers import compose_config
-    from trainlab.run import run
 
-    metrics = run(compose_config(*TINY), tmp_path / "lr=0.003", command=["trainlab"])
+    metrics = train_run(compose_config(*TINY), tmp_path / "lr=0.003", command=["trainlab"])
     result = subprocess.run(
         [sys.executable, "-m", "trainlab.report", str(tmp_path), "--provenance"],
         capture_output=True, text=True, env=ENV,
@@ -239,7 +238,7 @@ def test_submitit_local_launcher_runs_a_job(tmp_path):
 def test_every_preset_composes_with_its_sweep_axes():
     from hydra import compose, initialize_config_dir
 
-    from trainlab.cli import CONFIG_DIR
+    from trainlab.preflight import CONFIG_DIR
 
     presets = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
     assert {"loss_comparison", "regression_losses", "ranking_losses", "lr_sweep", "optimizer_comparison",

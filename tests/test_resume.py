@@ -4,10 +4,8 @@ SIGTERM and Ctrl-C checkpoint and stop; a sweep re-run skips, resumes and reruns
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -17,12 +15,11 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from tests.helpers import ENV, REPO, TINY, compose_config, run_cli
+from tests.helpers import REPO, TINY, compose_config, run_cli, train_run
 from tests.image_files import write_idx_dataset
 from trainlab.checkpoint import load_checkpoint
 from trainlab.errors import UserError
-from trainlab.resume import plan_run, run_state
-from trainlab.run import run
+from trainlab.run_folder import action_for, look
 
 CONF = REPO / "conf"
 
@@ -32,11 +29,10 @@ VOLATILE = {"epoch_seconds", "started_at", "finished_at", "wall_time_s", "pid", 
 
 
 def drive(*args: str, cwd: Path, **kill: object) -> subprocess.CompletedProcess:
-    options = [f"--{k.replace('_', '-')}={v}" for k, v in kill.items()]
-    return subprocess.run(
-        [sys.executable, str(REPO / "tests" / "kill_driver.py"), *options, "--", *args],
-        cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    """Run ``trainlab ARGS`` with the kill points of tests/kill_driver.py installed."""
+    if "signal" in kill:
+        kill["signal_name"] = kill.pop("signal")
+    return run_cli(*args, cwd=cwd, driver=kill)
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -342,19 +338,15 @@ def test_a_run_that_failed_after_a_checkpoint_is_resumed_not_redone(
     (run_dir / "metrics.json").write_text(json.dumps(recorded))
     if checkpoint:
         (run_dir / "checkpoint.pt").write_bytes(b"a checkpoint")
-    assert run_state(run_dir) == state
-    assert plan_run(config, run_dir, [], multirun=True)[0] == state
+    assert action_for(look(run_dir), run_dir, resume=False, multirun=True) == state
     if state == "resume":  # a single run is never resumed by accident: it says how
         with pytest.raises(UserError, match="continue it with resume=") as refusal:
-            plan_run(config, run_dir, [], multirun=False)
+            action_for(look(run_dir), run_dir, resume=False, multirun=False)
         assert f"delete {run_dir / 'checkpoint.pt'} to start it over" in str(refusal.value)
 
 
 def _quiet_run(overrides, run_dir, **options):
-    from rich.console import Console
-
-    console = Console(file=open(os.devnull, "w"))  # noqa: SIM115
-    return run(compose_config(*overrides), run_dir, console=console, **options)
+    return train_run(compose_config(*overrides), run_dir, **options)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from tests.helpers import compose_config
 from trainlab.errors import ConfigError
-from trainlab.run import read_run_settings, resolve_device
+from trainlab.experiment import read_run_settings, resolve_device
 from trainlab.sweep import SweepSummary
 
 

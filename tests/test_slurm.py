@@ -17,7 +17,7 @@ from tests.fake_slurm import install
 from tests.helpers import member_metrics, run_cli
 from tests.image_files import write_idx_dataset
 from tests.test_distributed import RUN
-from trainlab.cli import CONFIG_DIR
+from trainlab.preflight import CONFIG_DIR
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the sweep extra")
 pytestmark = pytest.mark.skipif(

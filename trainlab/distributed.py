@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from trainlab.errors import UserError, as_user_error, first_line
+from trainlab.errors import SharedError, UserError, as_user_error, first_line
 
 T = TypeVar("T")
 
@@ -159,11 +159,6 @@ def process_group(processes: Processes) -> Iterator[None]:
         leave()
 
 
-class SharedError(UserError):
-    """A UserError every process has agreed on, raised on the processes other than 0: process
-    0 reports it (and records it), the others end quietly."""
-
-
 def agreed(action: Callable[[], T], processes: Processes) -> T:
     """``action()`` on every process, then an agreement on whether it failed.
 
@@ -216,6 +211,65 @@ def _one_line(error: Exception) -> str:
     return f"crashed ({what}); its traceback is in its own output"
 
 
+class Team:
+    """This process among the others of its run: the phases they must pass together
+    (:meth:`agree`) and what process 0 alone does (:meth:`on_main`, :meth:`share`). In a
+    single process each is just the call."""
+
+    def __init__(self, processes: Processes) -> None:
+        self.processes = processes
+
+    @property
+    def main(self) -> bool:
+        return self.processes.main
+
+    @property
+    def parallel(self) -> bool:
+        return self.processes.parallel
+
+    def agree(self, action: Callable[[], T]) -> T:
+        """``action()`` on every process; a failure on any ends it on all (see :func:`agreed`)."""
+        return agreed(action, self.processes)
+
+    def on_main(self, action: Callable[[], T]) -> T | None:
+        """``action()`` on process 0 only (None elsewhere); a failure there ends all of them."""
+        return agreed(lambda: action() if self.main else None, self.processes)
+
+    def share(self, action: Callable[[], T]) -> T:
+        """``action()`` on process 0 only, and its result on every process."""
+        return broadcast(self.on_main(action), self.processes)
+
+    def gather(self, value: Any) -> list[Any]:
+        return gather(value, self.processes)
+
+    def from_main(self, value: T) -> T:
+        """Process 0's ``value``, on every process."""
+        return broadcast(value, self.processes)
+
+    def mean(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """How numbers read back are averaged over the processes (None: one process)."""
+        world = self.processes.world
+        return (lambda tensor: reduce_sum(tensor) / world) if self.parallel else None
+
+    def any(self, flag: Callable[[], bool]) -> Callable[[], bool]:
+        """``flag`` polled so that every process sees it true once any does."""
+        return (lambda: any_process(flag())) if self.parallel else flag
+
+    def data_parallel(
+        self, model: torch.nn.Module, device: torch.device, seed: int
+    ) -> torch.nn.Module:
+        """The model under DistributedDataParallel (same weights everywhere: DDP copies process
+        0's), and each process its own dropout stream: the same masks on every slice of a batch
+        would be correlated."""
+        if not self.parallel:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        torch.manual_seed(seed + self.processes.rank)
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+
 def broadcast(value: Any, processes: Processes) -> Any:
     """Process 0's ``value``, on every process."""
     if not processes.parallel:
@@ -265,3 +319,13 @@ def gather(value: Any, processes: Processes) -> list[Any]:
     values: list[Any] = [None] * processes.world
     dist.all_gather_object(values, buffer.getvalue())
     return [torch.load(io.BytesIO(data), weights_only=True) for data in values]
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """Whether a collective failed because another process of the run went away."""
+    if isinstance(error, getattr(dist, "DistNetworkError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer")
+    )

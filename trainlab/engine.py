@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,6 +45,11 @@ class FitResult:
     epoch_seconds: list[float] = field(default_factory=list)  # training time of each epoch
 
 
+# FitState.sums, a 2 x 2 tensor on the device: rows are what is summed, columns over what.
+LOSS, PENALTY = 0, 1
+EPOCH, INTERVAL = 0, 1  # this epoch's steps; the steps since the last logging interval
+
+
 @dataclass
 class FitState:
     """Everything fit() changes besides the model, optimizer, schedule and data order.
@@ -58,9 +63,7 @@ class FitState:
     epoch_steps: int = 0  # steps taken in the unfinished epoch
     epoch_time: float = 0.0  # seconds of training spent in the unfinished epoch
     interval_steps: int = 0  # steps since the last logging interval
-    # Running sums on the device, rows [loss, penalty] x columns [this epoch, since the last
-    # log]: one add per step, read back only at a logging interval or the end of an epoch.
-    sums: torch.Tensor | None = None
+    sums: torch.Tensor | None = None  # [LOSS | PENALTY, EPOCH | INTERVAL]: one add per step
     rows: list[dict[str, float]] = field(default_factory=list)  # one per finished epoch
     epoch_seconds: list[float] = field(default_factory=list)
     last_val: dict[str, float] | None = None
@@ -84,8 +87,8 @@ class FitState:
         return loaded
 
 
-class Callback(Protocol):
-    """What the engine reports; loggers implement any of these."""
+class Callback:
+    """What the engine reports; loggers override the events they use."""
 
     def on_fit_start(self, plan: TrainingPlan) -> None: ...
     def on_log(self, step: int, epoch: int, scalars: dict[str, float]) -> None: ...
@@ -99,13 +102,6 @@ def gradient_norm(parameters: list[nn.Parameter]) -> torch.Tensor:
     if not norms:
         return torch.zeros((), device=parameters[0].device)
     return torch.linalg.vector_norm(torch.stack(norms))
-
-
-def _emit(callbacks: Sequence[Callback], event: str, *args) -> None:
-    for callback in callbacks:
-        handler = getattr(callback, event, None)
-        if handler is not None:
-            handler(*args)
 
 
 def _diverged(name: str, value: float, epoch: int, step: int, lr: float) -> str:
@@ -143,151 +139,200 @@ def fit(
     and when ``stop_requested()`` turns true after a step; then the fit ends ``interrupted``.
     ``reduce_mean`` averages the numbers read back over data-parallel processes.
     """
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    device = parameters[0].device
-    state = state or FitState()
-    if state.sums is None:
-        state.sums = torch.zeros(2, 2, device=device)
-    sums = state.sums
-    every = settings.checkpoint_every_steps
-    _emit(callbacks, "on_fit_start", TrainingPlan(settings.epochs, steps_per_epoch))
+    loop = _Loop(
+        model, loss_fn, optimizer, schedule, penalty, batches, steps_per_epoch, evaluate_val,
+        settings, callbacks, state or FitState(), save_checkpoint, stop_requested, reduce_mean,
+    )  # fmt: skip
+    return loop.run()
 
-    def checkpoint(epoch_start: float | None = None) -> None:
-        if save_checkpoint is not None:
-            if epoch_start is not None:
-                state.epoch_time = time.perf_counter() - epoch_start
-            save_checkpoint(state)
 
-    while state.status == "completed" and (
-        state.epoch_steps > 0 or state.epochs_finished < settings.epochs
-    ):
-        epoch = state.epochs_finished + 1
-        model.train()
-        if state.epoch_steps == 0:
-            sums[:, 0] = 0
-            state.epoch_time = 0.0
-        epoch_start = time.perf_counter() - state.epoch_time
-        for inputs, targets in batches:
-            reported: list[torch.Tensor] = []
+class _Loop:
+    """One fit: epochs of steps, each epoch ended by an evaluation, early stopping and a
+    checkpoint. Its state lives in ``self.state`` so that a checkpoint can carry it."""
 
-            def closure(inputs=inputs, targets=targets, reported=reported) -> torch.Tensor:
-                optimizer.zero_grad(set_to_none=True)
-                data_loss = loss_fn(model(inputs), targets)
-                total = data_loss
-                if penalty is not None:
-                    penalty_value = penalty()
-                    total = data_loss + penalty_value
-                total.backward()
-                if not reported:  # L-BFGS evaluates several times; report the step's first value
-                    reported.append(data_loss.detach())
-                    if penalty is not None:
-                        reported.append(penalty_value.detach())
-                return total
+    def __init__(
+        self, model, loss_fn, optimizer, schedule, penalty, batches, steps_per_epoch,
+        evaluate_val, settings, callbacks, state, save_checkpoint, stop_requested, reduce_mean,
+    ) -> None:  # fmt: skip
+        self.model, self.loss_fn, self.penalty = model, loss_fn, penalty
+        self.optimizer, self.schedule = optimizer, schedule
+        self.batches, self.steps_per_epoch = batches, steps_per_epoch
+        self.evaluate_val, self.settings, self.callbacks = evaluate_val, settings, callbacks
+        self.save_checkpoint, self.stop_requested = save_checkpoint, stop_requested
+        self.reduce_mean = reduce_mean or (lambda values: values)
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.state = state
+        if state.sums is None:
+            state.sums = torch.zeros(2, 2, device=self.parameters[0].device)
+        self.epoch_start = 0.0
 
-            optimizer.step(closure)
-            sums[0] += reported[0]
-            if penalty is not None:
-                sums[1] += reported[1]
-            state.step += 1
-            state.epoch_steps += 1
-            state.interval_steps += 1
-            step = state.step
-            schedule.step_done()
-            if step % settings.log_every_steps == 0:
-                values = torch.cat([sums[:, 1], gradient_norm(parameters).reshape(1)])
-                if reduce_mean is not None:
-                    values = reduce_mean(values)
-                loss_total, penalty_total, grad_norm = values.tolist()
-                loss = loss_total / state.interval_steps
-                penalty_mean = penalty_total / state.interval_steps
-                lr = optimizer.param_groups[0]["lr"]
-                scalars = {"loss": loss, "penalty": penalty_mean, "lr": lr, "grad_norm": grad_norm}
-                _emit(callbacks, "on_log", step, epoch, scalars)
-                sums[:, 1] = 0
-                state.interval_steps = 0
-                if not math.isfinite(loss + penalty_mean):
-                    state.status = "diverged"
-                    state.message = _diverged("training loss", loss, epoch, step, lr)
-                    break
-            if stop_requested():
-                checkpoint(epoch_start)
-                state.status, state.message = "interrupted", f"stopped after step {step}"
+    def run(self) -> FitResult:
+        plan = TrainingPlan(self.settings.epochs, self.steps_per_epoch)
+        for callback in self.callbacks:
+            callback.on_fit_start(plan)
+        while self._more_to_train():
+            epoch = self.state.epochs_finished + 1
+            self._train_epoch(epoch)
+            if self.state.status == "interrupted":
                 break
-            if every is not None and step % every == 0 and state.epoch_steps < steps_per_epoch:
-                checkpoint(epoch_start)
-        if state.status == "interrupted":
-            break
+            self._end_epoch(epoch)
+        return self._result()
 
-        step = state.step
-        epoch_means = sums[:, 0] / state.epoch_steps
-        if reduce_mean is not None:
-            epoch_means = reduce_mean(epoch_means)
-        train_loss, train_penalty = epoch_means.tolist()
-        train_time = time.perf_counter() - epoch_start  # .tolist() above waited for the device
-        lr = optimizer.param_groups[0]["lr"]
-        scalars = {
-            "train_loss": train_loss,
-            "train_penalty": train_penalty,
-            "lr": lr,
-            "step": step,
-        }
-        state.epoch_seconds.append(train_time)
+    def _more_to_train(self) -> bool:
+        state = self.state
+        unfinished = state.epoch_steps > 0 or state.epochs_finished < self.settings.epochs
+        return state.status == "completed" and unfinished
+
+    def _lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _checkpoint(self, mid_epoch: bool = False) -> None:
+        if self.save_checkpoint is None:
+            return
+        if mid_epoch:
+            self.state.epoch_time = time.perf_counter() - self.epoch_start
+        self.save_checkpoint(self.state)
+
+    # ---- steps ----
+
+    def _train_epoch(self, epoch: int) -> None:
+        """Steps until the epoch's batches run out, the loss diverges or a stop is requested."""
+        self.model.train()
+        if self.state.epoch_steps == 0:  # a new epoch (not one resumed halfway)
+            self.state.sums[:, EPOCH] = 0
+            self.state.epoch_time = 0.0
+        self.epoch_start = time.perf_counter() - self.state.epoch_time
+        for inputs, targets in self.batches:
+            self._step(inputs, targets)
+            if self._stop_after_step(epoch):
+                return
+
+    def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """One optimizer step; its loss and penalty are added to the sums on the device."""
+        reported: list[torch.Tensor] = []
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            data_loss = self.loss_fn(self.model(inputs), targets)
+            penalty = self.penalty() if self.penalty is not None else None
+            total = data_loss if penalty is None else data_loss + penalty
+            total.backward()
+            if not reported:  # L-BFGS evaluates several times; the step's first value counts
+                reported.append(data_loss.detach())
+                if penalty is not None:
+                    reported.append(penalty.detach())
+            return total
+
+        self.optimizer.step(closure)
+        self.state.sums[LOSS] += reported[0]
+        if self.penalty is not None:
+            self.state.sums[PENALTY] += reported[1]
+        self.state.step += 1
+        self.state.epoch_steps += 1
+        self.state.interval_steps += 1
+        self.schedule.step_done()
+
+    def _stop_after_step(self, epoch: int) -> bool:
+        """Log at the interval (and stop on divergence), stop on request (after a
+        checkpoint), or checkpoint mid-epoch when one is due."""
+        state, step = self.state, self.state.step
+        if step % self.settings.log_every_steps == 0 and self._log_interval(epoch):
+            return True
+        if self.stop_requested():
+            self._checkpoint(mid_epoch=True)
+            state.status, state.message = "interrupted", f"stopped after step {step}"
+            return True
+        every = self.settings.checkpoint_every_steps
+        if every is not None and step % every == 0 and state.epoch_steps < self.steps_per_epoch:
+            self._checkpoint(mid_epoch=True)
+        return False
+
+    def _log_interval(self, epoch: int) -> bool:
+        """Report the interval's mean loss and penalty (one read-back); True if it diverged."""
+        state = self.state
+        values = torch.cat([state.sums[:, INTERVAL], gradient_norm(self.parameters).reshape(1)])
+        loss_total, penalty_total, grad_norm = self.reduce_mean(values).tolist()
+        loss = loss_total / state.interval_steps
+        penalty = penalty_total / state.interval_steps
+        scalars = {"loss": loss, "penalty": penalty, "lr": self._lr(), "grad_norm": grad_norm}
+        for callback in self.callbacks:
+            callback.on_log(state.step, epoch, scalars)
+        state.sums[:, INTERVAL] = 0
+        state.interval_steps = 0
+        if math.isfinite(loss + penalty):
+            return False
+        state.status = "diverged"
+        state.message = _diverged("training loss", loss, epoch, state.step, self._lr())
+        return True
+
+    # ---- the end of an epoch ----
+
+    def _end_epoch(self, epoch: int) -> None:
+        """Epoch means, validation, early stopping, the epoch's report, then its checkpoint."""
+        state = self.state
+        means = self.reduce_mean(state.sums[:, EPOCH] / state.epoch_steps)
+        train_loss, train_penalty = means.tolist()
+        state.epoch_seconds.append(time.perf_counter() - self.epoch_start)  # tolist() synced
         state.epoch_steps = 0
+        scalars = {"train_loss": train_loss, "train_penalty": train_penalty, "lr": self._lr()}
+        scalars["step"] = state.step
         if state.status == "completed" and not math.isfinite(train_loss + train_penalty):
             state.status = "diverged"
-            state.message = _diverged("training loss", train_loss, epoch, step, lr)
-
-        val: dict[str, float] | None = None
-        if state.status == "completed" and (
-            epoch % settings.eval_every_epochs == 0 or epoch == settings.epochs
-        ):
-            val = state.last_val = evaluate_val()
-            scalars.update({f"val_{name}": value for name, value in val.items()})
-            if not math.isfinite(val["loss"]):
-                state.status = "diverged"
-                state.message = _diverged("validation loss", val["loss"], epoch, step, lr)
-            elif (
-                state.best_val is None or val["loss"] < state.best_val["loss"] - settings.min_delta
-            ):
-                state.best_val, state.best_epoch, state.stale_evaluations = val, epoch, 0
-                if settings.restore_best:  # kept only to be restored at the end
-                    state.best_state = {
-                        k: v.detach().clone() for k, v in model.state_dict().items()
-                    }
-            else:
-                state.stale_evaluations += 1
+            state.message = _diverged("training loss", train_loss, epoch, state.step, self._lr())
+        val = self._validate(epoch, scalars)
         scalars["epoch"] = epoch
         state.rows.append(scalars)
         state.epochs_finished = epoch
         if state.status == "completed":
-            schedule.epoch_done(val["loss"] if val is not None else None)
-            if settings.patience is not None and state.stale_evaluations >= settings.patience:
-                state.status = "early_stopped"
-                state.message = (
-                    f"validation loss did not improve by more than {settings.min_delta:g} for "
-                    f"{state.stale_evaluations} evaluation(s); best was epoch {state.best_epoch}"
-                )
+            self.schedule.epoch_done(val["loss"] if val is not None else None)
+            self._stop_early()
         # Report, then checkpoint: a resume drops whatever was logged after its checkpoint.
-        _emit(callbacks, "on_epoch_end", epoch, scalars)
-        checkpoint()
-        if stop_requested() and state.status == "completed" and epoch < settings.epochs:
+        for callback in self.callbacks:
+            callback.on_epoch_end(epoch, scalars)
+        self._checkpoint()
+        if self.stop_requested() and state.status == "completed" and epoch < self.settings.epochs:
             state.status, state.message = "interrupted", f"stopped after epoch {epoch}"
 
-    if state.status != "interrupted" and settings.restore_best and state.best_state is not None:
-        model.load_state_dict(state.best_state)
-    rows = state.rows
-    names = list(dict.fromkeys(name for row in rows for name in row))
-    history = {name: [row.get(name) for row in rows] for name in names}  # None: not evaluated
-    result = FitResult(
-        state.status,
-        state.message,
-        state.epochs_finished,
-        state.step,
-        state.best_epoch,
-        state.best_val,
-        state.last_val,
-        history,
-        state.epoch_seconds,
-    )
-    _emit(callbacks, "on_fit_end", result)
-    return result
+    def _validate(self, epoch: int, scalars: dict[str, float]) -> dict[str, float] | None:
+        """Evaluate when due; keep the best weights (to restore at the end)."""
+        state, settings = self.state, self.settings
+        due = epoch % settings.eval_every_epochs == 0 or epoch == settings.epochs
+        if state.status != "completed" or not due:
+            return None
+        val = state.last_val = self.evaluate_val()
+        scalars.update({f"val_{name}": value for name, value in val.items()})
+        if not math.isfinite(val["loss"]):
+            state.status = "diverged"
+            state.message = _diverged("validation loss", val["loss"], epoch, state.step, self._lr())
+        elif state.best_val is None or val["loss"] < state.best_val["loss"] - settings.min_delta:
+            state.best_val, state.best_epoch, state.stale_evaluations = val, epoch, 0
+            if settings.restore_best:  # kept only to be restored at the end
+                weights = self.model.state_dict().items()
+                state.best_state = {k: v.detach().clone() for k, v in weights}
+        else:
+            state.stale_evaluations += 1
+        return val
+
+    def _stop_early(self) -> None:
+        state, settings = self.state, self.settings
+        if settings.patience is not None and state.stale_evaluations >= settings.patience:
+            state.status = "early_stopped"
+            state.message = (
+                f"validation loss did not improve by more than {settings.min_delta:g} for "
+                f"{state.stale_evaluations} evaluation(s); best was epoch {state.best_epoch}"
+            )
+
+    def _result(self) -> FitResult:
+        state = self.state
+        restore = self.settings.restore_best and state.best_state is not None
+        if state.status != "interrupted" and restore:
+            self.model.load_state_dict(state.best_state)
+        names = list(dict.fromkeys(name for row in state.rows for name in row))
+        history = {name: [row.get(name) for row in state.rows] for name in names}  # None: not run
+        result = FitResult(
+            state.status, state.message, state.epochs_finished, state.step, state.best_epoch,
+            state.best_val, state.last_val, history, state.epoch_seconds,
+        )  # fmt: skip
+        for callback in self.callbacks:
+            callback.on_fit_end(result)
+        return result

@@ -6,6 +6,7 @@ A reader (or a run resumed after a SIGKILL) sees the old file or the new one, ne
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -89,3 +90,25 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+class FolderLocked(Exception):
+    """Another process holds the lock."""
+
+
+def lock_folder(path: Path) -> int:
+    """An exclusive ``flock`` on the lock file ``path`` (made if missing), held until the
+    descriptor is closed or the process ends, however it ends; FolderLocked at once when
+    another process holds it. A lock file its holder removed while we opened it is locked
+    anew, so removing it on release is safe."""
+    while True:
+        descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise FolderLocked(str(path)) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                return descriptor
+        os.close(descriptor)  # its holder removed it between our open and our lock

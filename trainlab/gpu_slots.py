@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 SLOTS_FOLDER = ".gpu-slots"
+GPU_LAUNCHER = "gpus"  # conf/hydra/launcher/gpus.yaml
+log = logging.getLogger("trainlab")
 
 
 def slot_order(gpus: int, members_per_gpu: int) -> list[tuple[int, int]]:
@@ -44,3 +48,24 @@ def claim_gpu(
                 os.close(descriptor)
             return
         time.sleep(poll_seconds)  # every slot is taken: wait for a member to finish
+
+
+@contextlib.contextmanager
+def gpu_for_member(config: Any, hydra_config: Any) -> Iterator[None]:
+    """Under hydra/launcher=gpus, a member holds a slot on one GPU while it runs (device=auto).
+
+    Other launchers place members themselves (SLURM gives each job its GPUs), and their
+    members may share a sweep folder across nodes, where the slot files would not mean one GPU.
+    """
+    import torch
+
+    chosen = hydra_config.runtime.choices.get("hydra/launcher") == GPU_LAUNCHER
+    count = torch.cuda.device_count() if chosen and config.get("device") == "auto" else 0
+    if count == 0:
+        yield
+        return
+    slots = Path(hydra_config.sweep.dir) / SLOTS_FOLDER
+    with claim_gpu(slots, count, config.members_per_gpu) as gpu:
+        torch.cuda.set_device(gpu)  # device=auto now means this GPU; the config is unchanged
+        log.info("running on GPU %d", gpu)
+        yield

@@ -5,35 +5,73 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+import logging
+import struct
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
 from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from trainlab.engine import FitResult
+from trainlab.config_keys import override_key
+from trainlab.data import DatasetSpec
+from trainlab.engine import Callback, FitResult
 from trainlab.files import atomic_write
 from trainlab.optim import TrainingPlan
 
-
-def make_console() -> Console:
-    """A rich console; when output goes to a file or pipe, 120 columns (or $COLUMNS) rather
-    than rich's 80, so tables of sweep members stay readable in logs."""
-    console = Console()
-    if console.is_terminal:
-        return console
-    return Console(width=int(os.environ.get("COLUMNS", "120")))
+log = logging.getLogger("trainlab")
+GROUPS = ("dataset", "model", "loss", "optimizer", "schedule", "regularizer")
 
 
-class TensorBoardLogger:
+def swept_values(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """The keys set on the command line with their typed values, so sweeps compare by them.
+
+    A group override (``loss=huber``) gives the option's name.
+    """
+    swept: dict[str, Any] = {}
+    for override in overrides:
+        key = override_key(override)
+        if key.startswith("hydra.") or "=" not in override:
+            continue
+        value = OmegaConf.select(config, key, default=None)
+        if value is None:  # not a config key (+experiment=NAME selects a preset)
+            continue
+        if isinstance(value, DictConfig):
+            value = value.get("name")
+        elif isinstance(value, ListConfig):
+            value = str(list(value))
+        swept[key] = value
+    return swept
+
+
+def hparams_of(
+    config: DictConfig, spec: DatasetSpec, batch_size: int, overrides: list[str]
+) -> dict[str, Any]:
+    """The numbers and choices a sweep compares runs by (HParams dashboard columns)."""
+    values: dict[str, Any] = {group: config[group]["name"] for group in GROUPS}
+    values.update(
+        task=spec.task,
+        lr=config.optimizer.get("lr", 0.0),
+        batch_size=batch_size,
+        epochs=config.epochs,
+        seed=config.seed,
+    )
+    values.update(swept_values(config, overrides))
+    return {
+        key: value if isinstance(value, bool | int | float | str) else str(value)
+        for key, value in values.items()
+    }  # TensorBoard takes only these types (None becomes "None")
+
+
+class TensorBoardLogger(Callback):
     """Scalars per logging interval (``train/*``) and per epoch (``epoch/*``), plus hparams.
 
     Events go straight into the run directory, so TensorBoard names each run after its folder
@@ -77,7 +115,7 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-class NullLogger:
+class NullLogger(Callback):
     """Where the events of a data-parallel run's other processes go: nowhere."""
 
     def flush(self) -> None: ...
@@ -97,27 +135,58 @@ def _keep_event(event: event_pb2.Event, step: int, epochs: int) -> bool:
     return not (tag.startswith("final/") or tag == "_hparams_/session_end_info")
 
 
-def trim_events(run_dir: Path, step: int, epochs: int) -> None:
-    """Merge the run's event files into one that ends at ``step`` (``epochs`` finished).
+def read_records(path: Path) -> tuple[list[bytes], int]:
+    """The whole records of a TensorBoard event file (TFRecord framing, CRCs checked) and the
+    offset where they end: a kill may cut the last one short, a damaged disk one in the middle."""
+    data, records, offset = path.read_bytes(), [], 0
+    while offset + 12 <= len(data):
+        header = data[offset : offset + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", data[offset + 8 : offset + 12])
+        end = offset + 12 + length + 4
+        if header_crc != masked_crc32c(header) or end > len(data):
+            break
+        payload = data[offset + 12 : end - 4]
+        if struct.unpack("<I", data[end - 4 : end])[0] != masked_crc32c(payload):
+            break
+        records.append(payload)
+        offset = end
+    return records, offset
 
-    TensorBoard's own purge works on one step axis, but ``epoch/*`` counts epochs: so the
-    events are filtered here, by tag, and the file replaced atomically.
-    """
-    paths = sorted(run_dir.glob("events.out.tfevents.*"))
-    if not paths:
-        return
-    records: list[bytes] = []
+
+def _kept_records(paths: list[Path], step: int, epochs: int) -> Iterator[bytes]:
     seen: set[bytes] = set()  # a kill between the rewrite and the unlinks below leaves copies
     for index, path in enumerate(paths):
-        for raw in RawEventFileLoader(str(path)).Load():  # stops at a record cut by a kill
+        records, end = read_records(path)
+        lost = path.stat().st_size - end
+        if lost:
+            log.warning(
+                "%s is damaged at byte %d of %d: the events in its last %d bytes are lost from "
+                "the run's TensorBoard record (a kill while writing, or a damaged disk)",
+                path, end, end + lost, lost,
+            )  # fmt: skip
+        for raw in records:
             event = event_pb2.Event.FromString(raw)
             if event.HasField("file_version"):
                 keep = index == 0
             else:
                 keep = raw not in seen and _keep_event(event, step, epochs)
             if keep:
-                records.append(raw)
                 seen.add(raw)
+                yield raw
+
+
+def trim_events(run_dir: Path, step: int, epochs: int) -> None:
+    """Merge the run's event files into one that ends at ``step`` (``epochs`` finished).
+
+    TensorBoard's own purge works on one step axis, but ``epoch/*`` counts epochs: so the
+    events are filtered here, by tag, and the file replaced atomically. A damaged file is
+    said, with what of it is lost.
+    """
+    paths = sorted(run_dir.glob("events.out.tfevents.*"))
+    if not paths:
+        return
+    records = list(_kept_records(paths, step, epochs))
 
     def write(file) -> None:
         writer = RecordWriter(file)
@@ -129,7 +198,7 @@ def trim_events(run_dir: Path, step: int, epochs: int) -> None:
         path.unlink()
 
 
-class ConsoleLogger:
+class ConsoleLogger(Callback):
     """A rich progress bar with the live loss, then a one-run summary table."""
 
     def __init__(self, console: Console, title: str) -> None:

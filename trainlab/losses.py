@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from trainlab.data.base import DatasetSpec, Task
 from trainlab.errors import ConfigError
-from trainlab.settings import check_settings, fraction, non_negative, positive
+from trainlab.settings import choose, fraction, non_negative, positive
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -198,15 +198,12 @@ def losses_for(task: Task) -> list[str]:
 
 def build_loss(config: Mapping[str, Any], spec: DatasetSpec) -> LossFn:
     """Build the configured loss for the dataset's task, refusing combinations that make no sense."""
-    name = config.get("name")
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
-    entry = LOSSES[name]
+    name, entry, settings = choose(
+        "loss", config, LOSSES, lambda entry: entry.build, supplied=("spec",)
+    )
     if spec.task not in entry.tasks:
         raise ConfigError(
             f"loss={name} does not fit the {spec.task} task of dataset={spec.name}; "
             f"losses that do: {', '.join(losses_for(spec.task))}"
         )
-    settings = {key: value for key, value in config.items() if key != "name"}
-    settings = check_settings("loss", settings, entry.build, supplied=("spec",))
     return entry.build(spec, **settings)

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from trainlab.data.base import DatasetSpec
-from trainlab.errors import ConfigError
-from trainlab.settings import check_settings, fraction, require
+from trainlab.settings import choose, fraction, require
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -201,12 +200,8 @@ def for_device(
 
 def build_model(config: Mapping[str, Any], spec: DatasetSpec) -> nn.Module:
     """Build the configured model for ``spec``; ranking models score each item of a list."""
-    name = config.get("name")
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    settings = {key: value for key, value in config.items() if key != "name"}
-    settings = check_settings("model", settings, MODELS[name], supplied=("spec",))
-    network = MODELS[name](spec, **settings)
+    _, build, settings = choose("model", config, MODELS, supplied=("spec",))
+    network = build(spec, **settings)
     if spec.task == "ranking":
         return ItemScorer(network, item_dims=len(spec.input_shape))
     return network

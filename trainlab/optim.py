@@ -17,8 +17,8 @@ from typing import Any, Literal
 import torch
 from torch.optim import lr_scheduler
 
-from trainlab.errors import ConfigError
-from trainlab.settings import check_settings, fraction, non_negative, positive, require
+from trainlab.errors import ConfigError, first_line
+from trainlab.settings import choose, fraction, non_negative, positive, require
 
 log = logging.getLogger("trainlab")
 
@@ -80,16 +80,14 @@ class OptimizerChoice:
 
 def read_optimizer(config: Mapping[str, Any]) -> OptimizerChoice:
     """Check the optimizer config; building waits for the model's parameters."""
-    name = config.get("name")
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    name, _, settings = choose(
+        "optimizer", config, OPTIMIZERS, supplied=_INTERNAL_KNOBS, own_keys=("full_batch",)
+    )
     full_batch = config.get("full_batch", False)
     require(
         isinstance(full_batch, bool),
         f"optimizer.full_batch must be true or false, got {full_batch!r}",
     )
-    settings = {key: value for key, value in config.items() if key not in ("name", "full_batch")}
-    settings = check_settings("optimizer", settings, OPTIMIZERS[name], supplied=_INTERNAL_KNOBS)
     positive("optimizer.lr", settings.get("lr", 1.0))
     # torch accepts any value for these; outside the range they make no sense
     if "momentum" in settings:  # 1 or more never converges
@@ -108,8 +106,28 @@ def read_optimizer(config: Mapping[str, Any]) -> OptimizerChoice:
             "line search assume one fixed objective (optimizer.full_batch=true avoids this)"
         )
     choice = OptimizerChoice(name, full_batch, settings)
-    choice.build([torch.zeros(1, requires_grad=True)])  # torch validates the rest now, not later
+    _probe(choice)
     return choice
+
+
+def _probe(choice: OptimizerChoice) -> None:
+    """One step on a throwaway parameter: torch checks some settings only when it steps."""
+    parameter = torch.ones(2, requires_grad=True)
+    optimizer = choice.build([parameter])
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = parameter.pow(2).sum()
+        loss.backward()
+        return loss
+
+    try:
+        optimizer.step(closure)
+    except (RuntimeError, ValueError, OverflowError) as error:
+        raise ConfigError(
+            f"optimizer={choice.name}: torch cannot step with these settings "
+            f"({first_line(error)}); fix the optimizer.* settings"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -315,9 +333,5 @@ def build_schedule(
     config: Mapping[str, Any], optimizer: torch.optim.Optimizer, plan: TrainingPlan
 ) -> LRSchedule:
     """Build the configured lr schedule around ``optimizer``."""
-    name = config.get("name")
-    if name not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
-    settings = {key: value for key, value in config.items() if key != "name"}
-    settings = check_settings("schedule", settings, SCHEDULES[name], supplied=("optimizer", "plan"))
-    return SCHEDULES[name](optimizer, plan, **settings)
+    _, build, settings = choose("schedule", config, SCHEDULES, supplied=("optimizer", "plan"))
+    return build(optimizer, plan, **settings)

@@ -17,11 +17,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 import trainlab
-from trainlab.files import atomic_write, read_json, write_json
 
 # Keys that say where things are, not what the experiment is: left out of the config hash.
 # Keys that change where or how a run executes, never its numbers.
@@ -75,6 +73,8 @@ def _cpu_model() -> str:
 
 
 def hardware() -> dict[str, Any]:
+    import torch
+
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
@@ -102,15 +102,11 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def record(
-    run_dir: Path, config: DictConfig, command: list[str], started_at: str
-) -> dict[str, Any]:
-    """Write provenance.json (and git_diff.patch for a dirty checkout); return what was written."""
+def describe(config: DictConfig, command: list[str], started_at: str) -> tuple[dict[str, Any], str]:
+    """What produced a new run (provenance.json's content), and the diff of a dirty checkout."""
     source = Path(trainlab.__file__).resolve().parent.parent
     code = code_version(source)
     diff = code.pop("diff")
-    if diff:
-        atomic_write(run_dir / "git_diff.patch", lambda file: file.write(diff.encode()))
     provenance = {
         "command": command,
         "config_hash": config_hash(config),
@@ -121,33 +117,30 @@ def record(
         "started_at": started_at,
         "finished_at": None,
     }
-    write_json(run_dir / "provenance.json", provenance)
-    return provenance
+    return provenance, diff
 
 
-def finish(run_dir: Path, provenance: dict[str, Any], finished_at: str) -> None:
-    provenance["finished_at"] = finished_at
-    write_json(run_dir / "provenance.json", provenance)
-
-
-def record_resume(
-    run_dir: Path, config: DictConfig, command: list[str], started_at: str, from_step: int
+def with_resume(
+    provenance: dict[str, Any],
+    config: DictConfig,
+    command: list[str],
+    started_at: str,
+    from_step: int,
 ) -> dict[str, Any]:
-    """Add a resume (its command, host, code and step) to the run's provenance.json."""
-    provenance = read_json(run_dir / "provenance.json") or {}
+    """``provenance`` with one more resume (its command, host, code and step) recorded."""
     source = Path(trainlab.__file__).resolve().parent.parent
     code = code_version(source)
     code.pop("diff")
-    provenance.setdefault("resumes", []).append(
-        {
-            "command": command,
-            "from_step": from_step,
-            "started_at": started_at,
-            "host": socket.gethostname(),
-            "code": {"version": trainlab.__version__, **code},
-        }
-    )
-    provenance["config_hash"] = config_hash(config)  # changes when epochs were extended
-    provenance["finished_at"] = None
-    write_json(run_dir / "provenance.json", provenance)
-    return provenance
+    resume = {
+        "command": command,
+        "from_step": from_step,
+        "started_at": started_at,
+        "host": socket.gethostname(),
+        "code": {"version": trainlab.__version__, **code},
+    }
+    return {
+        **provenance,
+        "resumes": [*provenance.get("resumes", []), resume],
+        "config_hash": config_hash(config),  # changes when epochs were extended
+        "finished_at": None,
+    }

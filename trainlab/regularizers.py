@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainlab.errors import ConfigError
-from trainlab.settings import check_settings, fraction, non_negative
+from trainlab.settings import choose, fraction, non_negative
 
 Penalty = Callable[[], torch.Tensor]
 
@@ -70,9 +69,5 @@ REGULARIZERS: dict[str, Callable[..., Penalty | None]] = {
 
 def build_regularizer(config: Mapping[str, Any], model: nn.Module) -> Penalty | None:
     """The configured penalty over ``model``'s weights, or None for no penalty."""
-    name = config.get("name")
-    if name not in REGULARIZERS:
-        raise ConfigError(f"unknown regularizer {name!r}; choose one of: {', '.join(REGULARIZERS)}")
-    settings = {key: value for key, value in config.items() if key != "name"}
-    settings = check_settings("regularizer", settings, REGULARIZERS[name], supplied=("model",))
-    return REGULARIZERS[name](model, **settings)
+    _, build, settings = choose("regularizer", config, REGULARIZERS, supplied=("model",))
+    return build(model, **settings)

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from rich.table import Table
 
-from trainlab.loggers import make_console
+from trainlab.console import make_console
 
 LOWER_IS_BETTER = ("loss", "mse", "mae")
 REPORT_FILES = ("summary.csv", "summary.md", "val_curves.png", "heatmap.png")

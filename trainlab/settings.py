@@ -8,16 +8,19 @@ into one-line errors that name the key and the fix.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import math
 import types
 import typing
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trainlab.errors import ConfigError
+
+Entry = TypeVar("Entry")
 
 
 def to_plain(node: Any) -> Any:
@@ -164,7 +167,24 @@ def check_settings(
                 f"{prefix}{name} must be {_describe(kind)}, got {plain[name]!r}"
                 f" (set {prefix}{name}=<{_describe(kind)}>)"
             )
+        _within_torch_range(f"{prefix}{name}", plain[name])
     return plain
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _within_torch_range(key: str, value: Any) -> None:
+    """Numbers torch cannot hold fail deep inside it ("cannot be converted to type float
+    without overflow"); refuse them by name. Infinities are left to each setting's own check."""
+    if isinstance(value, list | tuple):
+        for item in value:
+            _within_torch_range(key, item)
+    elif isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        raise ConfigError(
+            f"{key}={value:g} is too large for torch (float32 holds up to 3.4e38); use a "
+            "smaller value"
+        )
 
 
 def require(condition: bool, message: str) -> None:
@@ -195,3 +215,35 @@ def fraction(where: str, value: float, *, open_right: bool = False) -> None:
         value >= 0 and upper_ok,
         f"{where} must be in {interval}, got {value} (set {where}=<a number in {interval}>)",
     )
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``; did you mean X?`` for the closest choice, or nothing when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def choose(
+    group: str,
+    config: Mapping[str, Any],
+    registry: Mapping[str, Entry],
+    builder: Callable[[Entry], Callable[..., Any]] = lambda entry: entry,  # type: ignore[assignment,return-value]
+    *,
+    supplied: tuple[str, ...] = (),
+    own_keys: tuple[str, ...] = (),
+) -> tuple[str, Entry, dict[str, Any]]:
+    """The option ``config.name`` of ``group`` in ``registry``, and its settings checked against
+    the keyword parameters of its builder: one line with a did-you-mean when either is wrong.
+
+    ``supplied`` names parameters trainlab passes itself; ``own_keys`` are keys of the option
+    that are trainlab's, not the builder's (read by the caller).
+    """
+    name = config.get("name")
+    if name not in registry:
+        raise ConfigError(
+            f"{group}={name}: no such option{did_you_mean(str(name), registry)} "
+            f"(options: {', '.join(registry)})"
+        )
+    entry = registry[name]
+    settings = {key: value for key, value in config.items() if key not in ("name", *own_keys)}
+    return name, entry, check_settings(group, settings, builder(entry), supplied=supplied)

@@ -9,8 +9,7 @@ from typing import Any
 from trainlab.data import synthetic, vision
 from trainlab.data.base import TASKS, Dataset, DatasetSpec, Split, Task
 from trainlab.data.loader import InMemoryLoader
-from trainlab.errors import ConfigError
-from trainlab.settings import check_settings
+from trainlab.settings import choose
 
 __all__ = [
     "DATASETS",
@@ -45,12 +44,10 @@ DATASETS: dict[str, DataSource] = {
 
 
 def _source_and_settings(config: Mapping[str, Any]) -> tuple[DataSource, dict[str, Any]]:
-    name = config.get("name")
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    settings = {key: value for key, value in config.items() if key != "name"}
-    source = DATASETS[name]
-    settings = check_settings("dataset", settings, source.describe, supplied=tuple(source.bound))
+    _, source, settings = choose(
+        "dataset", config, DATASETS, lambda source: source.describe,
+        supplied=("source",),  # bound by the option (image datasets)
+    )  # fmt: skip
     return source, {**source.bound, **settings}
 
 

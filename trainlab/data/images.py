@@ -243,6 +243,11 @@ def read_images(name: str, root: str | Path, download: bool) -> dict[str, torch.
     """
     source = SOURCES[name]
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"dataset.root={root} is a file, not a folder; point dataset.root at the folder "
+            "that holds the data (or will)"
+        )
     cache = _cache_path(source, root)
     found = _find_files(source, root)
     tensors = _read_cache(cache)

@@ -1,0 +1,46 @@
+"""Dotted config keys: the key an override sets, nested configs as flat keys, and what differs.
+
+Torch-free: the command-line checks, the run folder and trainlab-report all read keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def override_key(override: str) -> str:
+    """``optimizer.lr`` for ``optimizer.lr=0.1``, ``++optimizer.lr=0.1`` or ``~optimizer.lr``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def sets_a_value(override: str) -> bool:
+    """Whether the override changes the config (``key=value``, ``+key=...``, ``~key``)."""
+    return "=" in override or override.startswith("~")
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer.lr": 0.01, ...}`` from nested mappings."""
+    if not isinstance(value, Mapping):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def differences(
+    saved: Mapping[str, Any], given: Mapping[str, Any], ignore: Iterable[str] = ()
+) -> list[str]:
+    """``key (run has X, given Y)`` for every key whose value differs, ``ignore`` aside."""
+    ignored = tuple(ignore)
+    old, new = flatten(saved), flatten(given)
+    found = []
+    for key in sorted(old.keys() | new.keys()):
+        if any(key == name or key.startswith(f"{name}.") for name in ignored):
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            found.append(
+                f"{key} (run has {old.get(key, '<absent>')}, given {new.get(key, '<absent>')})"
+            )
+    return found
