@@ -36,7 +36,7 @@ CASES = [
     (
         failure(planned=True, extends=True),
         "abandon",
-        "trainlab: error: dataset=mnist: files missing",
+        f"trainlab: error: dataset=mnist: files missing; the finished run in {DIR} is unchanged",
         2,
     ),
     # A sweep member records its failure (its table reads metrics.json) and the sweep goes on,

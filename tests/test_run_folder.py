@@ -3,6 +3,7 @@ lock, the all-or-nothing start, and an extension that is undone byte for byte.""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -13,8 +14,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.helpers import TINY, compose_config, train_run
+from trainlab import files
 from trainlab.errors import UserError
-from trainlab.files import atomic_write
+from trainlab.files import OutputError, atomic_write
 from trainlab.job import Job
 from trainlab.run_folder import (
     LOCK_NAME,
@@ -27,6 +29,7 @@ from trainlab.run_folder import (
     look,
     preview,
 )
+from trainlab.sweep import SweepSummary
 
 RUN = (*TINY, "epochs=2")
 
@@ -90,6 +93,7 @@ REFUSALS = [
         "continue it with resume=",
     ),
     ({"checkpoint": True}, False, True, "holds a checkpoint but no metrics.json"),
+    ({"extra": ["provenance.json"]}, False, True, "holds a run's results but no metrics.json"),
     ({"metrics": {"status": "interrupted"}}, True, False, "no checkpoint at"),
     ({"config": False, "extra": ["notes.txt"]}, False, False, "already holds other files"),
 ]
@@ -166,6 +170,25 @@ def test_a_lock_released_by_a_dead_holder_is_free(tmp_path):
     holder.join(30)
     assert (run_dir / LOCK_NAME).exists()  # left behind by the kill...
     RunFolder.claim(run_dir).release()  # ...and free
+
+
+def test_a_file_system_without_locks_is_refused_in_one_line_and_leaves_nothing(
+    tmp_path, monkeypatch
+):
+    """Lustre without -o flock, an old NFS: flock fails with ENOLCK or EOPNOTSUPP."""
+
+    def no_locks(descriptor: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(files.fcntl, "flock", no_locks)
+    run_dir = tmp_path / "outputs" / "run"
+    with pytest.raises(OutputError, match="No locks available; trainlab locks a folder"):
+        RunFolder.claim(run_dir)
+    assert not (tmp_path / "outputs").exists()
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    with pytest.raises(SystemExit) as refused:  # a sweep's hold on its folder, the same way
+        SweepSummary().on_multirun_start(config)
+    assert refused.value.code == 2 and not (tmp_path / "sweep").exists()
 
 
 def test_a_refused_new_run_leaves_no_folder(tmp_path):

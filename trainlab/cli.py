@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 from trainlab import resolvers, runlog
 from trainlab.errors import SharedError, UserError
 from trainlab.failures import EXIT_INTERRUPTED, EXIT_USER_ERROR
-from trainlab.preflight import CONFIG_DIR, check_command_line
+from trainlab.hydra_internals import mode_known
+from trainlab.preflight import CONFIG_DIR, Checked, check_command_line
 
 if TYPE_CHECKING:
     from trainlab.distributed import Processes
@@ -40,7 +41,7 @@ def main() -> None:
     processes = None
     try:
         processes = _join_processes(sys.argv)
-        _check(sys.argv[1:], processes)
+        checked = _check(sys.argv[1:], processes)
     except UserError as error:
         if not isinstance(error, SharedError):  # process 0's, or a process's own before joining
             print(f"trainlab: error: {error}", file=sys.stderr)
@@ -50,7 +51,11 @@ def main() -> None:
         print(app_help(sys.argv[1:]))
         return
     try:
-        _hydra_main()
+        if checked.composed:
+            with mode_known(checked.mode):
+                _hydra_main()
+        else:
+            _hydra_main()
     finally:
         _leave(processes)
 
@@ -86,19 +91,19 @@ def app_help(argv: list[str]) -> str:
     )
 
 
-def _check(argv: list[str], processes: Processes | None) -> None:
+def _check(argv: list[str], processes: Processes | None) -> Checked:
     """The command line's checks; under torchrun every process checks, and they agree."""
     if processes is None:
-        _refuse(check_command_line(argv))
-        return
+        return _refuse(check_command_line(argv))
     from trainlab.distributed import agreed
 
-    agreed(lambda: _refuse(check_command_line(argv)), processes)
+    return agreed(lambda: _refuse(check_command_line(argv)), processes)
 
 
-def _refuse(problem: str | None) -> None:
-    if problem is not None:
-        raise UserError(problem)
+def _refuse(checked: Checked) -> Checked:
+    if checked.problem is not None:
+        raise UserError(checked.problem)
+    return checked
 
 
 def _interrupt(signal_number: int, frame: Any) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno
 
-from omegaconf.errors import OmegaConfBaseException
-
 
 class UserError(Exception):
     """A problem the user can fix; the message names the problem and the fix."""
@@ -57,6 +55,8 @@ def as_user_error(error: BaseException) -> UserError | None:
     """``error`` as a mistake the user can fix: a UserError as it is, a ${...} or ??? the checks
     did not reach, or an operating-system error on a path, as one line; None for anything else
     (a bug)."""
+    from omegaconf.errors import OmegaConfBaseException  # (trainlab-report does without)
+
     if isinstance(error, UserError):
         return error
     if isinstance(error, OmegaConfBaseException):

@@ -115,7 +115,10 @@ def _line(f: Failure, record: Record, message: str) -> str | None:
             "interrupted": f"trainlab: interrupted; {f.run_dir} is marked interrupted",
             "undo": f"trainlab: interrupted; {_undone(f)}",
         }.get(record, "trainlab: interrupted before the run started; nothing was written")
-    after = f"; {_undone(f)}" if record == "undo" else ""
+    after = {
+        "undo": f"; {_undone(f)}",
+        "abandon": f"; the finished run in {f.run_dir} is unchanged" if f.extends else "",
+    }.get(record, "")
     return f"trainlab: error{' ' + where if where else ''}: {message}{after}"
 
 

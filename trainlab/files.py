@@ -100,14 +100,26 @@ def lock_folder(path: Path) -> int:
     """An exclusive ``flock`` on the lock file ``path`` (made if missing), held until the
     descriptor is closed or the process ends, however it ends; FolderLocked at once when
     another process holds it. A lock file its holder removed while we opened it is locked
-    anew, so removing it on release is safe."""
+    anew, so removing it on release is safe. A file system that has no locks is an
+    OutputError, and the lock file made for it is removed."""
     while True:
+        made = not path.exists()
         descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
             raise FolderLocked(str(path)) from None
+        except OSError as error:  # ENOLCK, EOPNOTSUPP: Lustre without -o flock, an old NFS
+            os.close(descriptor)
+            if made:
+                path.unlink(missing_ok=True)
+            raise OutputError(
+                f"cannot lock {path}: {error.strerror or error}; trainlab locks a folder so that "
+                "two processes never write one run, and this file system offers no locks: "
+                "write the outputs to one that does (a local disk, or Lustre mounted with "
+                "-o flock) with hydra.run.dir / hydra.sweep.dir"
+            ) from None
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
                 return descriptor

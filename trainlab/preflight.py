@@ -14,12 +14,15 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException, OverrideParseException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from trainlab import resolvers  # noqa: F401  (conf/ names them; registered on import)
 from trainlab.config_keys import override_key
 from trainlab.errors import UserError, first_line
 from trainlab.hydra_internals import BASIC_SWEEPER, expand_basic_sweep, parse_command_line
@@ -42,32 +45,43 @@ def task_config(config: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
 
 
-def check_command_line(argv: list[str]) -> str | None:
-    """Compose the config as Hydra is about to; a mistake becomes one line (None: none found).
+class Checked(NamedTuple):
+    """What the preflight found: ``problem``, one line (None: none found); and when it composed
+    the config as Hydra is about to, the config's ``hydra.mode``, which Hydra would otherwise
+    compose the whole config once more to learn."""
+
+    problem: str | None
+    composed: bool = False
+    mode: RunMode | None = None
+
+
+def check_command_line(argv: list[str]) -> Checked:
+    """Compose the config as Hydra is about to; a mistake becomes one line.
 
     For a sweep, the fixed overrides are composed first (as Hydra does), then every member.
     """
     args = parse_command_line(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_dir:
-        return None  # Hydra's own modes, or a config folder of the user's: Hydra reports
+        return Checked(None)  # Hydra's own modes, or a config folder of the user's: Hydra reports
     if args.config_path or args.config_name or args.experimental_rerun:
-        return None
+        return Checked(None)
     if args.cfg and args.multirun:  # Hydra would raise a ValueError with a traceback
-        return (
+        return Checked(
             "--cfg shows one run's config and cannot be combined with -m; drop -m (a sweep's "
             "launcher shows with: trainlab hydra/launcher=NAME --cfg hydra -p hydra.launcher)"
         )
     overrides = list(args.overrides)
     problem = check_overrides(overrides)
     if problem is not None:
-        return problem
+        return Checked(problem)
     parsed = OverridesParser.create().parse_overrides(overrides)
     fixed = [o.input_line for o in parsed if not (args.multirun and o.is_sweep_override())]
     try:
         config = compose_overrides(fixed)
     except Exception as error:
-        return explain(error, fixed, compose_overrides)
-    return _check_composed(config, overrides, args.multirun, bool(args.cfg))
+        return Checked(explain(error, fixed, compose_overrides))
+    problem = _check_composed(config, overrides, args.multirun, bool(args.cfg))
+    return Checked(problem, composed=True, mode=config.hydra.mode)
 
 
 def _check_composed(
@@ -84,14 +98,19 @@ def _check_composed(
     if problem is not None or show_only:
         return problem
     if multirun:
+        from trainlab.sweep import sweep_in_use
+
+        busy = sweep_in_use(Path(str(output)))
+        if busy is not None:
+            return busy
         members = sweep_members(config, overrides)
         return None if members is None else check_sweep(members, compose_overrides)
     if config.get("resume") is not None:
         return None  # the run's own config is checked as it resumes
-    from trainlab.experiment import check_complete
+    from trainlab.experiment import build_experiment  # (imports torch, as the run will)
 
     try:
-        check_complete(task_config(config))
+        build_experiment(task_config(config))  # every part, as the run will build it
     except UserError as error:
         return str(error)
     return None
@@ -212,10 +231,22 @@ def check_plugins(hydra: DictConfig) -> str | None:
 # ---- composition errors, explained -------------------------------------------------------------
 
 
+# Options that Hydra's plugins bring (pip install -e ".[sweep]"), by group.
+PLUGIN_OPTIONS = {
+    "hydra/launcher": ("joblib", "submitit_slurm", "submitit_local", "slurm", "gpus"),
+    "hydra/sweeper": ("optuna",),
+}
+
+
 def _missing_option(error: MissingConfigException) -> str:
     group, _, name = (error.missing_cfg_file or "").rpartition("/")
     options = list(error.options or [])
     key = f"+{group}" if group == "experiment" else group
+    if name in PLUGIN_OPTIONS.get(group, ()) or (group == "experiment" and name == "optuna_search"):
+        return (
+            f"{key}={name} comes with Hydra's sweep plugins, which are not installed here; "
+            "install them with: pip install -e '.[sweep]'"
+        )
     return (
         f"{key}={name}: no such option{did_you_mean(name, options)} (options: {', '.join(options)})"
     )

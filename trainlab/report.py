@@ -24,6 +24,7 @@ import yaml
 from rich.table import Table
 
 from trainlab.console import make_console
+from trainlab.errors import path_error
 
 LOWER_IS_BETTER = ("loss", "mse", "mae")
 REPORT_FILES = ("summary.csv", "summary.md", "val_curves.png", "heatmap.png")
@@ -308,7 +309,7 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
     """Write the report files for the runs below ``root``; return the ranked groups."""
     runs = find_runs(root)
     if not runs:
-        raise FileNotFoundError(f"no runs (metrics.json files) below {root}")
+        raise ReportError(f"no runs (metrics.json files) below {root}")
     console = make_console()
     tasks = {run.metrics.get("task") for run in runs} - {None}
     if len(tasks) > 1:
@@ -321,7 +322,7 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
         r.metrics.get("val") for r in runs
     ):
         known = ", ".join(c for c in columns if c != metric)
-        raise ValueError(f"no run has a value for --metric {metric}; choose one of: {known}")
+        raise ReportError(f"no run has a value for --metric {metric}; choose one of: {known}")
     keys = swept_keys(runs)
     groups = rank(group_runs(runs, keys), metric)
     write_csv(root / "summary.csv", keys, groups, columns)
@@ -402,9 +403,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         report(args.path, args.metric, plots=not args.no_plots)
-    except (FileNotFoundError, ValueError) as error:
+    except ReportError as error:
         print(f"trainlab-report: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as error:  # the report's own files: a read-only folder, a full disk...
+        mistake = path_error(error)
+        if mistake is None:
+            raise
+        print(
+            f"trainlab-report: error: {mistake} (the report writes its files into {args.path})",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+
+
+class ReportError(ValueError):
+    """Nothing to report, or a --metric no run has: the user's to fix."""
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ class Found:
     checkpoint: bool
     config: bool  # .hydra/config.yaml
     others: tuple[str, ...] = ()  # entries that are not a run's
+    results: bool = False  # event files or provenance.json: more than a start left behind
 
     @property
     def status(self) -> str | None:
@@ -127,6 +128,7 @@ def look(run_dir: Path) -> Found:
         checkpoint=(run_dir / CHECKPOINT_NAME).exists(),
         config=(run_dir / ".hydra" / "config.yaml").exists(),
         others=tuple(sorted(name for name in names if not _is_run_file(name))),
+        results=any(n.startswith("events.out.tfevents.") or n == PROVENANCE_NAME for n in names),
     )
 
 
@@ -171,8 +173,13 @@ def _decide_without_metrics(found: Found, run_dir: Path, multirun: bool) -> Acti
             f"{run_dir} holds a checkpoint but no {METRICS_NAME}, so whether its run finished "
             f"is unknown; continue it with resume={run_dir}, or set {key} to another folder"
         )
-    if found.config:  # killed as it started, before its first result: nothing to keep
+    if found.config and not found.results:  # killed as it started: nothing to keep
         return "rerun"
+    if found.config:  # results but no status (metrics.json deleted): nobody can tell
+        raise UserError(
+            f"{run_dir} holds a run's results but no {METRICS_NAME}, so whether it finished is "
+            f"unknown; restore the file, or set {key} to another folder"
+        )
     if found.others:
         raise UserError(f"{run_dir} already holds other files; set {key} to a new or empty folder")
     return "new"
@@ -342,6 +349,10 @@ class RunFolder:
                 f"cannot use {path} as a run folder: {error.strerror or error}; choose a "
                 "writable folder (hydra.run.dir / hydra.sweep.dir)"
             ) from None
+        except OutputError:  # a file system without locks: a folder made for the run goes again
+            if made:
+                _remove_if_empty(path)
+            raise
 
     def plan(self, config: DictConfig, overrides: list[str], multirun: bool) -> Plan:
         """Decide new / done / resume / rerun, and the config to run (see :func:`action_for`)."""

@@ -7,14 +7,15 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.table import Table
 
 from trainlab.console import make_console
-from trainlab.files import FolderLocked, lock_folder
+from trainlab.errors import path_error
+from trainlab.files import FolderLocked, OutputError, lock_folder
 from trainlab.report import Run, find_runs
 
 LOCK_NAME = ".trainlab.lock"
@@ -48,6 +49,30 @@ def summary_table(runs: list[Run], title: str) -> Table:
     return table
 
 
+def sweep_in_use(sweep_dir: Path) -> str | None:
+    """Why a sweep cannot run in ``sweep_dir`` now (another sweep holds it), or None."""
+    lock = sweep_dir / LOCK_NAME
+    if not lock.exists():
+        return None
+    try:
+        descriptor = lock_folder(lock)
+    except FolderLocked:
+        return _IN_USE.format(sweep_dir=sweep_dir)
+    os.close(descriptor)
+    return None
+
+
+def _refuse(problem: str) -> NoReturn:
+    print(f"trainlab: error: {problem}", file=sys.stderr)
+    raise SystemExit(EXIT_USER_ERROR) from None
+
+
+_IN_USE = (
+    "{sweep_dir} is in use by another trainlab sweep right now; wait for it to end, or choose "
+    "another hydra.sweep.dir"
+)
+
+
 class SweepSummary(Callback):
     """Hydra callback: hold the sweep folder while the sweep runs (a second sweep into it is
     refused at once); at the end print the members' table and exit 1 when one failed.
@@ -61,16 +86,21 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        existed = sweep_dir.exists()
         try:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             self.lock = lock_folder(sweep_dir / LOCK_NAME)
         except FolderLocked:
-            print(
-                f"trainlab: error: {sweep_dir} is in use by another trainlab sweep right now; "
-                "wait for it to end, or choose another hydra.sweep.dir",
-                file=sys.stderr,
-            )
-            raise SystemExit(EXIT_USER_ERROR) from None
+            _refuse(_IN_USE.format(sweep_dir=sweep_dir))
+        except OutputError as error:  # a file system without locks
+            if not existed:
+                sweep_dir.rmdir()
+            _refuse(str(error))
+        except OSError as error:  # a path that changed since the preflight looked
+            problem = path_error(error)
+            if problem is None:
+                raise
+            _refuse(str(problem))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         self.member_dirs.append(Path(config.hydra.runtime.output_dir))

@@ -46,8 +46,9 @@ def run(config: DictConfig, job: Job) -> dict[str, Any]:
     team, clock = Team(job.processes), time.perf_counter()
     with claimed(job.run_dir, job.multirun, team) as folder:  # 1. lock it (process 0)
         plan = team.share(lambda: folder.plan(config, job.overrides, job.multirun))  # 2. decide
-        if plan.done:
-            return plan.previous  # a sweep member finished earlier
+        if plan.done:  # a sweep member that finished before
+            log.info("%s already finished (%s): skipped", job.run_dir, plan.previous["status"])
+            return plan.previous
         setup = team.agree(lambda: set_up(plan, job, team))  # 3. build, checkpoint, data
         first = team.from_main(setup.data.spec)  # every process must hold the same data
         team.agree(lambda: start(folder, setup, first, job))  # 4. the first write
