@@ -14,17 +14,19 @@ import signal
 import sys
 from collections.abc import Mapping
 
-import hydra  # noqa: F401  (imported once, in the server)
-import tensorboard.backend.event_processing.event_accumulator  # noqa: F401
+import tensorboard.backend.event_processing.event_accumulator  # noqa: F401  (once, here)
 import torch
 import torch._dynamo
 import torch.distributed
 import torch.utils.tensorboard
 import torchvision  # noqa: F401
+from hydra.core.plugins import Plugins
 
 import trainlab.cli
 import trainlab.train
 from tests import kill_driver
+
+Plugins.instance()  # Hydra's scan of its plugins (the sweep extra's): once, for every child
 
 
 def run(

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
+import copy
+import functools
+import importlib.util
 import json
 import multiprocessing
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -21,7 +27,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def compose_config(*overrides: str) -> DictConfig:
-    """The config ``trainlab <overrides>`` would run with."""
+    """The config ``trainlab <overrides>`` would run with (a copy: tests may change it)."""
+    return copy.deepcopy(_composed(tuple(merged(overrides))))
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> DictConfig:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
@@ -86,6 +97,15 @@ def merged(args: tuple[str, ...] | list[str]) -> list[str]:
 
 
 _SERVER = None
+_STARTED: list = []
+
+
+@atexit.register
+def _end_leftovers() -> None:
+    """Kill what a failed test left running (a stopped child would keep pytest from exiting)."""
+    for process in _STARTED:
+        if process.is_alive():
+            process.kill()
 
 
 def _server():
@@ -113,11 +133,9 @@ class CliProcess:
             args=(self.args, str(cwd), environ, self._out, self._err, driver),
         )
         self._process.start()
+        _STARTED.append(self._process)
+        self.returncode: int | None = None
         self.pid = self._process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._process.exitcode
 
     def poll(self) -> int | None:
         return self._process.exitcode
@@ -133,7 +151,35 @@ class CliProcess:
             raise subprocess.TimeoutExpired(self.args, timeout or 0)
         outputs = tuple(Path(path).read_text(errors="replace") for path in (self._out, self._err))
         shutil.rmtree(self._files, ignore_errors=True)
+        self.returncode = self._process.exitcode
+        _STARTED.remove(self._process)
+        self._process.close()  # its pipes, at once
         return outputs  # type: ignore[return-value]
+
+
+def start_child(target, *args):
+    """``target(*args)`` started in a forkserver child (torch and trainlab imported already)."""
+    child = _server().Process(target=target, args=args)
+    child.start()
+    _STARTED.append(child)
+    return child
+
+
+def run_in_children(target, *args, count: int = 2, timeout: float = 300) -> list[int]:
+    """``target(*args)`` in ``count`` forkserver children at once (a module-level function,
+    run with torch and trainlab already imported); their exit codes."""
+    children = [_server().Process(target=target, args=args) for _ in range(count)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout)
+    codes = [child.exitcode for child in children]
+    for child in children:
+        if child.exitcode is None:
+            child.kill()
+        child.join()
+        child.close()
+    return codes
 
 
 def start_cli(
@@ -162,6 +208,33 @@ def run_cli(
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_processes(
+    *args: str, cwd: Path, world: int = 2, driver: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``trainlab ARGS`` as one data-parallel run of ``world`` processes, each told its place
+    the way torchrun tells it (RANK, WORLD_SIZE, MASTER_ADDR, ...), started as forkserver
+    children. (What needs torchrun itself, such as ending the others when one dies, is tested
+    through the real torchrun.) The outputs are joined; the code is the first non-zero one."""
+    place = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
+    place.update(WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    started = [
+        start_cli(
+            *args, cwd=cwd, driver=driver, env={**place, "RANK": str(r), "LOCAL_RANK": str(r)}
+        )
+        for r in range(world)
+    ]
+    outputs = [process.communicate(timeout) for process in started]
+    code = next((p.returncode for p in started if p.returncode), 0)
+    stdout, stderr = ("".join(output[i] for output in outputs) for i in (0, 1))
+    return subprocess.CompletedProcess(started[0].args, code, stdout, stderr)
+
+
 def run_cli_process(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m trainlab ARGS`` as a new process: for what only a fresh interpreter shows."""
     return subprocess.run(
@@ -169,6 +242,19 @@ def run_cli_process(*args: str, cwd: Path, timeout: float = 300) -> subprocess.C
         cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
+
+# Tests of Hydra's sweep plugins skip cleanly without the sweep extra.
+needs_plugin = {
+    name: pytest.mark.skipif(
+        importlib.util.find_spec(module) is None,
+        reason=f"{name} not installed (pip install -e '.[sweep]')",
+    )
+    for name, module in (
+        ("joblib", "hydra_plugins.hydra_joblib_launcher"),
+        ("optuna", "hydra_plugins.hydra_optuna_sweeper"),
+        ("submitit", "hydra_plugins.hydra_submitit_launcher"),
+    )
+}
 
 # Overrides that make a run take well under a second.
 TINY = ("dataset.train_size=256", "dataset.val_size=128", "dataset.test_size=128", "epochs=3")

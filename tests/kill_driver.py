@@ -2,7 +2,7 @@
 
 python tests/kill_driver.py --after-batches N [--signal KILL|INT|TERM] [--in-checkpoint-write K] -- ARGS
 
-``--after-batches N``: send the signal (``--times`` times; ``--signal RAISE`` raises an error
+``--after-batches N``: send the signal (KILL, INT, TERM, STOP, ...) (``--times`` times; ``--signal RAISE`` raises an error
 instead) when the training loader is asked for batch N + 1 (counted over the whole process, so
 across sweep members too); ``--only-rank R`` does it in one torchrun process only. ``--in-checkpoint-write K``:
 SIGKILL halfway through writing the K-th checkpoint; ``--after-checkpoint K``: right after it. ``--fake-submitit FILE``: install a
@@ -63,6 +63,39 @@ def _patch_checkpoint(kill_at: int, after_write: bool) -> None:
     trainlab.checkpoint.atomic_write = half_then_kill
 
 
+def _patch_folder_writes(kill_at: int) -> None:
+    """SIGKILL right after the run folder's K-th write of its own files (metrics.json, .hydra/,
+    provenance.json, an extension's kept copy): a kill as the run starts."""
+    import trainlab.run_folder as run_folder
+
+    count = {"writes": 0}
+
+    def counted(original):
+        def write(*args, **kwargs):
+            original(*args, **kwargs)
+            count["writes"] += 1
+            if count["writes"] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        return write
+
+    run_folder.write_json = counted(run_folder.write_json)
+    run_folder.atomic_write = counted(run_folder.atomic_write)
+
+
+def _quick_submitit() -> None:
+    """submitit's waits sized for a real cluster (a dead job's result awaited 15 s, job states
+    polled every 2 s growing to 10 minutes) made short for the stand-in SLURM on this machine."""
+    from submitit.core import core
+    from submitit.slurm import slurm
+
+    core.Job._results_timeout_s = 2
+    slurm.SlurmJob.watcher._delay_s = 1
+    core.InfoWatcher.update_if_long_enough = lambda self, mode: (
+        None if mode == "cache" else self.update()
+    )
+
+
 def _fake_submitit(record: str) -> None:
     def requeue(number, frame) -> None:
         from pathlib import Path
@@ -84,6 +117,8 @@ def install(
     fake_submitit: str | None = None,
     only_rank: int | None = None,
     file_size_limit: int | None = None,
+    in_folder_write: int | None = None,
+    quick_submitit: bool = False,
 ) -> None:
     """Install the chosen kill points in this process (see the module docstring);
     ``file_size_limit``: every write past that many bytes fails, as on a full disk."""
@@ -99,6 +134,10 @@ def install(
         _patch_checkpoint(in_checkpoint_write, after_write=False)
     if after_checkpoint is not None:
         _patch_checkpoint(after_checkpoint, after_write=True)
+    if in_folder_write is not None:
+        _patch_folder_writes(in_folder_write)
+    if quick_submitit:
+        _quick_submitit()
 
 
 if __name__ == "__main__":  # under torchrun: python tests/kill_driver.py OPTIONS -- ARGS

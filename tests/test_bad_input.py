@@ -177,41 +177,6 @@ CASES = [
         ["-m", "seed=0,1", "hydra.sweep.subdir=x", "hydra.sweep.dir={root}/outputs/sweep"],
         "would share its folder",
     ),
-    (
-        "slurm members whose batch does not divide among their GPUs",
-        [
-            "-m",
-            "hydra/launcher=slurm",
-            "hydra.launcher.gpus_per_node=4",
-            "batch_size=66",
-            "seed=0,1",
-            "hydra.sweep.dir={root}/outputs/sweep",
-        ],
-        "batch_size=66 (the global batch) does not divide among 4 processes",
-    ),
-    (
-        "slurm members on lbfgs across nodes",
-        [
-            "-m",
-            "hydra/launcher=slurm",
-            "hydra.launcher.nodes=2",
-            "optimizer=lbfgs",
-            "seed=0,1",
-            "hydra.sweep.dir={root}/outputs/sweep",
-        ],
-        "optimizer=lbfgs decides its line search from each process's own loss, so 2",
-    ),
-    (
-        "slurm members without tasks",
-        [
-            "-m",
-            "hydra/launcher=slurm",
-            "hydra.launcher.gpus_per_node=0",
-            "seed=0,1",
-            "hydra.sweep.dir={root}/outputs/sweep",
-        ],
-        "hydra.launcher.tasks_per_node=0 and hydra.launcher.nodes=1 must be whole numbers",
-    ),
     ("--cfg with -m", ["-m", "seed=0,1", "--cfg", "hydra"], "--cfg shows one run's config"),
     (
         "empty sweep",
@@ -264,6 +229,17 @@ CASES += [
         "changes nothing there",
     ),
     (
+        "a launcher of the sweep extra, without it",
+        ["-m", "hydra/launcher=joblib", "seed=0,1"],
+        "pip install -e '.[sweep]'",
+    )
+    if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None
+    else (
+        "a launcher of the sweep extra, without it",
+        ["-m", "hydra/launcher=jobli", "seed=0,1"],
+        "did you mean joblib?",
+    ),
+    (
         "a basic sweep batch of -1",
         [
             "-m",
@@ -274,6 +250,44 @@ CASES += [
         "hydra.sweeper.max_batch_size must be null or a whole number >= 1, got -1",
     ),
 ]
+if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None:
+    CASES += [
+        (
+            "slurm members whose batch does not divide among their GPUs",
+            [
+                "-m",
+                "hydra/launcher=slurm",
+                "hydra.launcher.gpus_per_node=4",
+                "batch_size=66",
+                "seed=0,1",
+                "hydra.sweep.dir={root}/outputs/sweep",
+            ],
+            "batch_size=66 (the global batch) does not divide among 4 processes",
+        ),
+        (
+            "slurm members on lbfgs across nodes",
+            [
+                "-m",
+                "hydra/launcher=slurm",
+                "hydra.launcher.nodes=2",
+                "optimizer=lbfgs",
+                "seed=0,1",
+                "hydra.sweep.dir={root}/outputs/sweep",
+            ],
+            "optimizer=lbfgs decides its line search from each process's own loss, so 2",
+        ),
+        (
+            "slurm members without tasks",
+            [
+                "-m",
+                "hydra/launcher=slurm",
+                "hydra.launcher.gpus_per_node=0",
+                "seed=0,1",
+                "hydra.sweep.dir={root}/outputs/sweep",
+            ],
+            "hydra.launcher.tasks_per_node=0 and hydra.launcher.nodes=1 must be whole numbers",
+        ),
+    ]
 if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None:
     CASES.append(
         (
@@ -366,8 +380,15 @@ def results(workspace):
             return run_cli(*args, cwd=workspace, as_given=True)
         return run_cli(*TINY[:3], *args, cwd=workspace)
 
+    def in_turn(cases):  # the cases of one folder, one after another (it takes one at a time)
+        return [(case[0], one(case)) for case in cases]
+
+    by_folder: dict[str, list] = {}
+    for case in CASES:
+        claimed = [a.split("=", 1)[1] for a in case[1] if a.startswith(("resume=", "hydra."))]
+        by_folder.setdefault(claimed[0] if claimed else case[0], []).append(case)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        outcomes = dict(zip([c[0] for c in CASES], pool.map(one, CASES), strict=True))
+        outcomes = dict(pair for group in pool.map(in_turn, by_folder.values()) for pair in group)
     return outcomes, before, _fingerprint(workspace / "outputs")
 
 

@@ -1,6 +1,7 @@
-"""Data-parallel runs through the real torchrun: two gloo processes on the CPU give one run
-folder, one TensorBoard writer and the numbers of a one-process run; a failing process ends
-the run; a killed run resumes."""
+"""Data-parallel runs: two gloo processes on the CPU give one run folder, one TensorBoard writer
+and the numbers of a one-process run; a failing process ends the run; a killed run resumes.
+What needs torchrun itself runs through the real torchrun; the rest starts the processes as
+torchrun would, as forkserver children (tests.helpers.run_processes), seconds cheaper each."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 from omegaconf.errors import InterpolationKeyError
 
-from tests.helpers import ENV, REPO, TINY, merged, run_cli
+from tests.helpers import ENV, REPO, TINY, merged, run_cli, run_processes
 from tests.test_resume import assert_same_run
 from trainlab.errors import UserError
 
@@ -84,7 +85,7 @@ def test_a_failing_process_ends_the_run_within_seconds(tmp_path):
 @pytest.fixture(scope="module")
 def parallel_reference(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("parallel") / "run"
-    result = torchrun(*RUN, DROPOUT, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    result = run_processes(*RUN, DROPOUT, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -93,20 +94,18 @@ def parallel_reference(tmp_path_factory) -> Path:
 def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_numbers(
     how, parallel_reference, tmp_path
 ):
-    """SIGKILL of process 0 (torchrun ends the other), or a Ctrl-C that reaches process 0
-    only: both processes must stop after the same step for the checkpoint to be whole."""
+    """SIGKILL of process 0 (the other finds its peer gone and stops), or a Ctrl-C that reaches
+    process 0 only: both processes must stop after the same step for the checkpoint to be whole."""
     run_dir = tmp_path / "run"
-    driver = (
-        f"{REPO / 'tests' / 'kill_driver.py'} --after-batches=5 --kill-with={how} --only-rank=0 --"
-    )
-    stopped = torchrun(*RUN, DROPOUT, f"hydra.run.dir={run_dir}", cwd=tmp_path, script=driver)
+    stop = {"after_batches": 5, "signal_name": how, "only_rank": 0}
+    stopped = run_processes(*RUN, DROPOUT, f"hydra.run.dir={run_dir}", cwd=tmp_path, driver=stop)
     assert stopped.returncode != 0
     expected = {"KILL": "running", "INT": "interrupted"}[how]
     assert metrics(run_dir)["status"] == expected
     if how == "INT":
         assert "torchrun --nproc-per-node=2 -m trainlab resume=" in metrics(run_dir)["message"]
         assert stopped.stderr.count("trainlab: interrupted by SIGINT") == 1  # process 0 only
-    resumed = torchrun(f"resume={run_dir}", cwd=tmp_path)
+    resumed = run_processes(f"resume={run_dir}", cwd=tmp_path)
     lines = [line for line in resumed.stderr.splitlines() if "trainlab" in line]
     assert resumed.returncode == 0, lines
     assert_same_run(run_dir, parallel_reference)
@@ -120,7 +119,7 @@ def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_numbers(
     ],
 )
 def test_what_data_parallel_cannot_do_is_refused(overrides, message, tmp_path):
-    result = torchrun(*TINY, *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result = run_processes(*TINY, *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode != 0
     assert message in one_error(result.stderr)
     assert not (tmp_path / "run").exists()
@@ -131,7 +130,7 @@ def test_missing_data_fails_the_run_once_not_once_per_process(tmp_path):
     own error, not process 1's), no process waits for another, and since the run never started
     no folder is left."""
     missing = ("dataset=mnist", "dataset.download=false", "dataset.root=nowhere")
-    result = torchrun(*TINY, *missing, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result = run_processes(*TINY, *missing, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode != 0
     error = one_error(result.stderr)
     assert "files missing in" in error and not error.startswith("trainlab: error: process 1")

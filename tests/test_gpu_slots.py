@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.helpers import needs_plugin
 from trainlab.gpu_slots import claim_gpu, slot_order
 
 
@@ -43,6 +44,7 @@ def test_a_slot_is_free_again_after_its_member_ends(tmp_path):
         assert again == 0
 
 
+@needs_plugin["joblib"]
 def test_the_gpus_launcher_runs_gpus_times_members_per_gpu_at_once():
     import torch
     from hydra import compose, initialize_config_dir

@@ -4,14 +4,13 @@ readers, the uint8 cache, splits, batch preparation and augmentation, and the da
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import compose_config, run_cli, train_run
+from tests.helpers import compose_config, run_cli, run_in_children, train_run
 from tests.image_files import write_cifar_dataset, write_idx_dataset
 from trainlab.data import InMemoryLoader, load_dataset
 from trainlab.data import images as image_files
@@ -116,20 +115,17 @@ def test_a_cache_damaged_after_writing_is_detected_and_rebuilt(tmp_path, caplog)
     assert torch.equal(first.train.inputs, again.train.inputs)
 
 
+def build_cache(root: str) -> None:
+    """In a child process: read (and cache) the images, print their sum to a file of its own."""
+    tensors = image_files.read_images("mnist", root, False)
+    Path(root, f"sum-{os.getpid()}").write_text(str(int(tensors["train_images"].sum())))
+
+
 def test_two_processes_building_the_cache_at_once(tmp_path):
     write_idx_dataset(tmp_path / "MNIST/raw", train=3000, test=500, gzipped=True)
-    script = (
-        "import sys; from trainlab.data.images import read_images; "
-        "t = read_images('mnist', sys.argv[1], False); print(int(t['train_images'].sum()))"
-    )
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
-    ]
-    outputs = [process.communicate(timeout=120)[0].strip() for process in processes]
-    assert [p.returncode for p in processes] == [0, 0] and outputs[0] == outputs[1]
+    assert run_in_children(build_cache, str(tmp_path), count=2) == [0, 0]
+    sums = [path.read_text() for path in tmp_path.glob("sum-*")]
+    assert len(sums) == 2 and sums[0] == sums[1]
     cache_files = list((tmp_path / "trainlab-cache").iterdir())
     assert [f.name for f in cache_files] == [
         f"mnist-uint8-v{image_files.CACHE_FORMAT}.pt"

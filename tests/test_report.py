@@ -15,20 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ENV, TINY, member_metrics, run_cli, train_run
+from tests.helpers import TINY, member_metrics, needs_plugin, run_cli, train_run
 from trainlab.report import Group, Run, find_runs, mean_and_std, rank, report, swept_keys
-
-needs_plugin = {
-    name: pytest.mark.skipif(
-        importlib.util.find_spec(module) is None,
-        reason=f"{name} not installed (pip install -e '.[sweep]')",
-    )
-    for name, module in (
-        ("joblib", "hydra_plugins.hydra_joblib_launcher"),
-        ("optuna", "hydra_plugins.hydra_optuna_sweeper"),
-        ("submitit", "hydra_plugins.hydra_submitit_launcher"),
-    )
-}
 
 
 def test_mean_and_sample_std():
@@ -76,12 +64,27 @@ def test_seeds_are_aggregated_and_groups_ranked_with_failures_last():
     assert [g.params for g in by_loss] == [("2",), ("1",)]  # losses: lower is better
 
 
+def run_report(*args: str, capsys) -> subprocess.CompletedProcess:
+    """``trainlab-report ARGS`` through its entry point, in this process (a fresh process
+    proves nothing more: test_the_report_and_the_help_import_no_torch checks its imports)."""
+    from trainlab.report import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 0
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["trainlab-report", *args], code, out, err)
+
+
 def _csv_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as file:
         return list(csv.DictReader(file))
 
 
-def test_report_on_a_real_sweep_with_diverging_members(tmp_path):
+def test_report_on_a_real_sweep_with_diverging_members(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     result = run_cli(
         "-m", "optimizer=sgd", "loss=mse", "model.activation=relu,tanh", "optimizer.lr=0.05,1e6",
@@ -89,12 +92,7 @@ def test_report_on_a_real_sweep_with_diverging_members(tmp_path):
         f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    report_run = subprocess.run(
-        [sys.executable, "-m", "trainlab.report", str(sweep)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-    )
+    report_run = run_report(str(sweep), capsys=capsys)
     assert report_run.returncode == 0, report_run.stderr
     assert "ranked by val_accuracy" in report_run.stdout and "diverged x2" in report_run.stdout
 
@@ -152,7 +150,7 @@ def test_report_includes_running_and_failed_members(tmp_path):
     assert "optimizer.lr must be > 0" in (tmp_path / "summary.md").read_text()
 
 
-def test_report_refuses_an_unknown_metric(tmp_path):
+def test_report_refuses_an_unknown_metric(tmp_path, capsys):
     run_dir = tmp_path / "lr=0.1"
     run_dir.mkdir()
     metrics = {
@@ -161,10 +159,7 @@ def test_report_refuses_an_unknown_metric(tmp_path):
         "val": {"loss": 1.0, "accuracy": 0.5},
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    result = subprocess.run(
-        [sys.executable, "-m", "trainlab.report", str(tmp_path), "--metric", "val_foo"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    result = run_report(str(tmp_path), "--metric", "val_foo", capsys=capsys)
     assert result.returncode == 2
     assert (
         "no run has a value for --metric val_foo; choose one of: val_loss, val_accuracy"
@@ -172,22 +167,17 @@ def test_report_refuses_an_unknown_metric(tmp_path):
     )
 
 
-def test_report_shows_provenance(tmp_path):
+def test_report_shows_provenance(tmp_path, capsys):
     from tests.helpers import compose_config
 
     metrics = train_run(compose_config(*TINY), tmp_path / "lr=0.003", command=["trainlab"])
-    result = subprocess.run(
-        [sys.executable, "-m", "trainlab.report", str(tmp_path), "--provenance"],
-        capture_output=True, text=True, env=ENV,
-    )  # fmt: skip
+    result = run_report(str(tmp_path), "--provenance", capsys=capsys)
     assert result.returncode == 0, result.stderr
     assert metrics["config_hash"] in result.stdout and "lr=0.003" in result.stdout
 
 
-def test_report_refuses_a_folder_without_runs(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "trainlab.report", str(tmp_path)], capture_output=True, text=True
-    )
+def test_report_refuses_a_folder_without_runs(tmp_path, capsys):
+    result = run_report(str(tmp_path), capsys=capsys)
     assert result.returncode == 2 and result.stderr.startswith("trainlab-report: error: no runs")
 
 
@@ -267,3 +257,39 @@ def test_a_failing_optuna_trial_does_not_stop_the_search(tmp_path):
     assert len(statuses) == 4 and set(statuses) <= {"completed", "early_stopped", "failed"}
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_params"]["loss"] == "mse"  # hinge cannot fit regression: those trials failed
+
+
+def test_a_folder_the_report_cannot_write_to_is_one_line(tmp_path, capsys, monkeypatch):
+    from trainlab import report as report_module
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "completed", "val": {"loss": 1}}))
+    (tmp_path / "summary.csv").mkdir()  # a folder where the report writes a file
+    with pytest.raises(SystemExit) as exit_info:
+        report_module.main([str(tmp_path), "--no-plots"])
+    assert exit_info.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"trainlab-report: error: {tmp_path / 'summary.csv'}: Is a directory")
+
+    (tmp_path / "summary.csv").rmdir()
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "summary.csv"))
+
+    monkeypatch.setattr(report_module, "write_csv", read_only)
+    with pytest.raises(SystemExit):
+        report_module.main([str(tmp_path), "--no-plots"])
+    line = capsys.readouterr().err.strip()
+    assert "Permission denied; choose a path you may write to" in line and "Traceback" not in line
+
+
+def test_the_report_and_the_help_import_no_torch():
+    """Start-up is user time: printing a table or the help needs neither torch nor TensorBoard's
+    writer (each costs seconds to import)."""
+    script = (
+        "import sys, trainlab.report, trainlab.cli, trainlab.sweep, trainlab.preflight; "
+        "print(sorted(m for m in ('torch', 'tensorboard') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr

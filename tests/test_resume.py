@@ -383,3 +383,25 @@ def test_a_run_stopped_at_an_epochs_last_step_resumes_without_a_schedule_warning
         _quiet_run(overrides, tmp_path / "b", resume=True)
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
     assert_same_run(tmp_path / "b", tmp_path / "a")
+
+
+def test_a_damaged_event_file_found_on_resume_is_said_with_what_is_lost(tmp_path, caplog):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from trainlab.loggers import trim_events
+
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(1, 11):
+        writer.add_scalar("train/loss", float(step), step)
+    writer.close()
+    [path] = tmp_path.glob("events.out.tfevents.*")
+    data = bytearray(path.read_bytes())
+    size = len(data)
+    data[size // 2] ^= 0xFF  # one damaged byte in the middle
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="trainlab"):
+        trim_events(tmp_path, step=10, epochs=0)
+    [warning] = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert str(path) in warning and f"of {size}" in warning and "are lost" in warning
+    steps = [step for step, _ in scalars(tmp_path)["train/loss"]]
+    assert steps == list(range(1, len(steps) + 1)) and 0 < len(steps) < 10  # whole up to it

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests.fake_slurm import install
-from tests.helpers import member_metrics, run_cli
+from tests.fake_slurm import warm_node as warm_node_at
+from tests.helpers import member_metrics, run_cli, start_child
 from tests.image_files import write_idx_dataset
 from tests.test_distributed import RUN
 from trainlab.preflight import CONFIG_DIR
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="this torch build has no torch.distributed"
 )
 TWO_NODES = ("hydra/launcher=slurm", "hydra.launcher.nodes=2")
+QUICK = {"quick_submitit": True}  # submitit's cluster-sized waits, short (tests/kill_driver.py)
 
 
 def launcher(*overrides: str) -> dict:
@@ -64,41 +67,24 @@ def one_process(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def warm_node(tmp_path_factory) -> Iterator[str]:
+    """Tasks forked from a process that has imported torch and trainlab (tests/fake_slurm.py),
+    itself a child of the tests' forkserver, which has imported them already."""
+    path = str(tmp_path_factory.mktemp("warm-node") / "node.socket")
+    node = start_child(warm_node_at, path)
+    for _ in range(600):
+        if Path(path).exists():
+            break
+        time.sleep(0.05)
+    yield path
+    node.kill()
+    node.join()
+
+
 @pytest.fixture
-def fake_slurm(tmp_path) -> dict[str, str]:
-    return install(tmp_path / "bin", tmp_path / "slurm-state")
-
-
-def test_a_two_node_sweep_trains_each_member_as_one_data_parallel_run(
-    fake_slurm, one_process, tmp_path
-):
-    sweep = tmp_path / "sweep"
-    result = run_cli(
-        "-m", *TWO_NODES, *RUN, "seed=0,1", f"hydra.sweep.dir={sweep}",
-        "hydra.launcher.setup=[echo node-setup]",  # replaced, yet the kill-on-bad-exit stays
-        cwd=tmp_path, env=fake_slurm,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    [script] = (tmp_path / "slurm-state").glob("job*")  # one job array, as submitted
-    submitted = script.read_text()
-    for line in ("--array=0-1%2", "--nodes=2", "--ntasks-per-node=1", "--signal=USR2@120"):
-        assert f"#SBATCH {line}" in submitted
-    assert "export SLURM_KILL_BAD_EXIT=1\necho node-setup" in submitted
-    members = member_metrics(sweep)
-    assert len(members) == 2
-    for name, metrics in members.items():
-        assert metrics["status"] == "completed" and metrics["processes"] == 2, name
-        assert len(list((sweep / name).glob("events.out.tfevents.*"))) == 1  # one writer
-    # The seed=0 member is the reference run's config: two processes give its numbers.
-    [seed0] = [m for name, m in members.items() if name.endswith("seed=0")]
-    alone = json.loads((one_process / "metrics.json").read_text())
-    for split in ("val", "test"):
-        for name, value in alone[split].items():
-            assert seed0[split][name] == pytest.approx(value, rel=1e-5), (split, name)
-    # Process 1 of each member stays quiet: no training output in its task log.
-    [quiet] = sweep.glob(".submitit/*_0/*_0_1_log.out")
-    assert "completed" not in quiet.read_text().replace("Job completed successfully", "")
-    assert "sweep" in result.stdout and "completed" in result.stdout  # the summary table
+def fake_slurm(tmp_path, warm_node) -> dict[str, str]:
+    return {**install(tmp_path / "bin", tmp_path / "slurm-state"), "FAKE_SLURM_WARM": warm_node}
 
 
 def test_a_dead_process_ends_the_sweep_in_one_line_and_the_same_command_finishes_it(
@@ -106,13 +92,13 @@ def test_a_dead_process_ends_the_sweep_in_one_line_and_the_same_command_finishes
 ):
     sweep = tmp_path / "sweep"
     command = (
-        "-m", *TWO_NODES, *RUN, "epochs=40", "early_stopping.enabled=false", "seed=0",
+        "-m", *TWO_NODES, *RUN, "epochs=12", "early_stopping.enabled=false", "seed=0",
         f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     # Task 1 (the second node) dies as soon as the member has written a checkpoint.
     start = time.monotonic()
     dying = {**fake_slurm, "FAKE_SLURM_KILL_TASK": f"1:{sweep}/*/checkpoint.pt"}
-    result = run_cli(*command, cwd=tmp_path, env=dying)
+    result = run_cli(*command, cwd=tmp_path, env=dying, driver=QUICK)
     assert result.returncode == 1, result.stderr[-3000:]
     assert time.monotonic() - start < 120  # ended, not hung
     last = result.stderr.strip().splitlines()[-1]
@@ -124,11 +110,11 @@ def test_a_dead_process_ends_the_sweep_in_one_line_and_the_same_command_finishes
     # the failure: either way it resumes from its checkpoint.
     assert member["status"] in ("running", "failed"), member
 
-    again = run_cli(*command, cwd=tmp_path, env=fake_slurm)
+    again = run_cli(*command, cwd=tmp_path, env=fake_slurm, driver=QUICK)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "1 run: 1 resume" in again.stdout
     [member] = member_metrics(sweep).values()
-    assert member["status"] == "completed" and member["epochs_run"] == 40
+    assert member["status"] == "completed" and member["epochs_run"] == 12
 
 
 def test_a_preempted_member_checkpoints_is_requeued_and_resumes_to_the_same_numbers(
@@ -140,7 +126,14 @@ def test_a_preempted_member_checkpoints_is_requeued_and_resumes_to_the_same_numb
     sweep = tmp_path / "sweep"
     notice = {**fake_slurm, "FAKE_SLURM_SIGNAL": f"USR2:{sweep}/*/checkpoint.pt"}
     result = run_cli(
-        "-m", *TWO_NODES, *RUN, "seed=0", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=notice
+        "-m",
+        *TWO_NODES,
+        *RUN,
+        "seed=0",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        env=notice,
+        driver=QUICK,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert (tmp_path / "slurm-state" / "signal-sent").exists()
@@ -158,47 +151,82 @@ def test_a_preempted_member_checkpoints_is_requeued_and_resumes_to_the_same_numb
     assert "Not checkpointing nor requeuing since I am a slave" in logs  # process 1 left it
 
 
-@pytest.mark.parametrize(
-    ("tasks", "copy", "error"),
-    [
-        ("1", "empty", "files missing in"),
-        ("0,1", "empty", "files missing in"),
-        ("1", "smaller", "differs from process 0's (train_size 100 vs 200)"),
-    ],
-)
-def test_a_node_without_the_dataset_fails_its_member_and_the_sweep_reports_it(
-    tasks, copy, error, fake_slurm, tmp_path
+MNIST = (
+    "dataset=mnist", "dataset.download=false", "dataset.val_size=100", "model=linear",
+    "epochs=2", "log_every_steps=2",
+)  # fmt: skip
+# The members of one sweep, by array index: where each one's two "nodes" find the data.
+NODES = {
+    "seed=0": "both nodes hold the data",
+    "seed=1": "1.1:TRAINLAB_DATA={root}/empty",  # the second node lacks it
+    "seed=2": "2.0,2.1:TRAINLAB_DATA={root}/empty",  # neither has it
+    "seed=3": "3.1:TRAINLAB_DATA={root}/smaller",  # the second holds a smaller copy
+}
+
+
+def test_a_two_node_sweep_trains_members_as_data_parallel_runs_and_agrees_on_setup_errors(
+    fake_slurm, tmp_path
 ):
-    """The processes agree on a setup error before training: the member is recorded failed
-    with the error (naming the process when only another one had it), every task ends
-    cleanly, and the sweep prints its table and exits 1, without a hang. A node holding
-    other data than process 0's (a smaller copy) fails it the same way."""
+    """Four members, each one job of two tasks on two "nodes". With the data on both, a member
+    trains as one data-parallel run with the numbers of one process. Where a node lacks the
+    data, or holds a smaller copy, the processes agree on the error before training: the member
+    is recorded failed with it (naming the process when only another one had it), every task
+    ends cleanly, and the sweep prints its table and exits 1, without a hang."""
     write_idx_dataset(tmp_path / "data" / "MNIST" / "raw", train=300, test=100, gzipped=False)
     write_idx_dataset(tmp_path / "smaller" / "MNIST" / "raw", train=200, test=100, gzipped=False)
-    sweep = tmp_path / "sweep"
-    elsewhere = {**fake_slurm, "FAKE_SLURM_TASK_ENV": f"{tasks}:TRAINLAB_DATA={tmp_path / copy}"}
-    start = time.monotonic()
+    data = {"TRAINLAB_DATA": str(tmp_path / "data")}
+    alone = tmp_path / "alone"
+    assert (
+        run_cli(*MNIST, "seed=0", f"hydra.run.dir={alone}", cwd=tmp_path, env=data).returncode == 0
+    )
+    sweep, start = tmp_path / "sweep", time.monotonic()
+    nodes = ";".join(v.format(root=tmp_path) for v in NODES.values() if ":" in v)
     result = run_cli(
-        "-m", *TWO_NODES, "dataset=mnist", "dataset.download=false", "dataset.val_size=100",
-        "model=linear", "epochs=2", "seed=0,1", f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path, env={**elsewhere, "TRAINLAB_DATA": str(tmp_path / "data")},
+        "-m", *TWO_NODES, *MNIST, "seed=0,1,2,3", f"hydra.sweep.dir={sweep}",
+        "hydra.launcher.setup=[echo node-setup]",  # replaced, yet the kill-on-bad-exit stays
+        cwd=tmp_path, env={**fake_slurm, **data, "FAKE_SLURM_TASK_ENV": nodes}, driver=QUICK,
     )  # fmt: skip
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
     assert time.monotonic() - start < 120
-    assert "2 of 2 runs failed" in result.stdout  # the sweep's table, then the count
+    assert "3 of 4 runs failed" in result.stdout  # the sweep's table, then the count
     assert "Traceback" not in result.stdout + result.stderr
-    for name, member in member_metrics(sweep).items():
-        assert member["status"] == "failed", name
+    [script] = (tmp_path / "slurm-state").glob("job*")  # one job array, as submitted
+    submitted = script.read_text()
+    for line in ("--array=0-3%4", "--nodes=2", "--ntasks-per-node=1", "--signal=USR2@120"):
+        assert f"#SBATCH {line}" in submitted
+    assert "export SLURM_KILL_BAD_EXIT=1\necho node-setup" in submitted
+    members = {name.rsplit(",", 1)[-1]: m for name, m in member_metrics(sweep).items()}
+    assert sorted(members) == sorted(NODES)
+
+    # Both nodes hold the data: two processes give one process's numbers, one writer.
+    trained, reference = members["seed=0"], json.loads((alone / "metrics.json").read_text())
+    assert trained["status"] == "completed" and trained["processes"] == 2
+    for split in ("val", "test"):
+        for name, value in reference[split].items():
+            assert trained[split][name] == pytest.approx(value, rel=1e-5), (split, name)
+    [folder] = [sweep / name for name in member_metrics(sweep) if name.endswith("seed=0")]
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    # A node that lacks the data, or holds other data, fails its member on every process.
+    expected = {
+        "seed=1": ("files missing in", "empty", True),
+        "seed=2": ("files missing in", "empty", False),
+        "seed=3": ("differs from process 0's (train_size 100 vs 200)", "smaller", True),
+    }
+    for seed, (error, copy, other_process) in expected.items():
+        member = members[seed]
+        assert member["status"] == "failed", seed
         assert error in member["error"] and copy in member["error"], member["error"]
-        assert member["error"].startswith("process 1: ") == (tasks == "1")
+        assert member["error"].startswith("process 1: ") == other_process, member["error"]
     # Written as srun sees its tasks end: their results are in before they have exited, and
     # tearing torch down takes seconds on a busy machine.
     exits = tmp_path / "slurm-state" / "exits"
     for _ in range(600):
-        if exits.exists() and len(exits.read_text().splitlines()) == 4:
+        if exits.exists() and len(exits.read_text().splitlines()) == 8:
             break
         time.sleep(0.1)
-    assert exits.read_text().count("exit 0") == 4, exits.read_text()  # every task ended cleanly
-    # Process 1 left the reporting to process 0: its task log holds no second copy.
+    assert exits.read_text().count("exit 0") == 8, exits.read_text()  # every task ended cleanly
+    # Process 1 of each member stayed quiet and left the reporting to process 0.
     for own_log in sweep.glob(".submitit/*/*_1_log.err"):
         assert "trainlab: error" not in own_log.read_text()
+    [quiet] = sweep.glob(".submitit/*_0/*_0_1_log.out")
+    assert "completed" not in quiet.read_text().replace("Job completed successfully", "")
