@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -196,7 +198,22 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert "name: huber" in result.stdout and "delta: 2.5" in result.stdout
     assert not (tmp_path / "outputs").exists()
 
-    assert not (tmp_path / "outputs").exists()
+
+def test_help_and_cfg_job_import_no_torch(tmp_path):
+    """They answer in under a second because they never import torch (a fresh interpreter)."""
+    script = (
+        "import sys\n"
+        "from trainlab.cli import main\n"
+        "for argv in (['--help'], ['--cfg', 'job', 'loss=mse']):\n"
+        "    sys.argv = ['trainlab', *argv]\n"
+        "    main()\n"
+        "print('imported:', sorted(m for m in ('torch', 'tensorboard') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "name: mse" in result.stdout and "imported: []" in result.stdout
 
 
 def test_the_same_command_twice_gives_the_same_metrics(tmp_path):
