@@ -149,6 +149,17 @@ CASES = [
         "continues the run in its own folder",
     ),
     ("resume deleting a group", ["resume={root}/outputs/finished", "~loss"], "changes loss"),
+    ("resume of nothing", ["resume="], "resume= is empty; give the folder of the run"),
+    (
+        "resume with damaged overrides",
+        ["resume={root}/outputs/damaged-overrides", "epochs=5"],
+        "overrides.yaml is unreadable",
+    ),
+    (
+        "a run folder in /proc",
+        ["hydra.run.dir=/proc/trainlab-run"],
+        "(/proc is on a file system of the kernel's, which holds no files)",
+    ),
     (
         "run folder in use",
         ["hydra.run.dir={root}/outputs/busy"],
@@ -358,6 +369,7 @@ def workspace(tmp_path_factory) -> Iterator[Path]:
     assert result.returncode == 0, result.stderr
     shutil.copy(other / "checkpoint.pt", _copy_run(root, "mismatched-ckpt") / "checkpoint.pt")
     (_copy_run(root, "truncated-metrics") / "metrics.json").write_text('{"status": "comp')
+    (_copy_run(root, "damaged-overrides") / ".hydra" / "overrides.yaml").write_text("{{{")
     folder_instead = _copy_run(root, "metrics-folder")
     (folder_instead / "metrics.json").unlink()
     (folder_instead / "metrics.json").mkdir()
@@ -409,7 +421,7 @@ def test_bad_input_overwrites_nothing(results, workspace):
     assert not changed, changed
     new_folders = {p.name for p in (workspace / "outputs").iterdir()} - {
         "finished", "other-model", "corrupt-ckpt", "truncated-ckpt", "foreign-ckpt",
-        "mismatched-ckpt", "busy", "truncated-metrics", "metrics-folder",
+        "mismatched-ckpt", "busy", "truncated-metrics", "metrics-folder", "damaged-overrides",
     }  # fmt: skip
     assert not new_folders, new_folders  # missing or corrupt data left no run folder either
     assert not (workspace / "outputs" / "sweep").exists()

@@ -3,9 +3,14 @@ output folders the file system refuses, the sweep plugins' own settings."""
 
 from __future__ import annotations
 
+import os
+import shlex
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
+from trainlab.config_keys import shell_override
 from trainlab.preflight import check_output_folder, check_overrides, check_plugins
 
 
@@ -56,6 +61,22 @@ def test_output_folders_the_file_system_refuses(tmp_path):
     assert check_output_folder(tmp_path / "new" / "run", "hydra.run.dir") is None
 
 
+def test_output_folders_on_file_systems_that_take_no_files(tmp_path, monkeypatch):
+    kernels = check_output_folder(Path("/proc/trainlab-run"), "hydra.run.dir")
+    assert kernels is not None and "/proc is on a file system of the kernel's" in kernels
+    read_only = os.statvfs_result((4096, 4096, 100, 50, 50, 10, 5, 5, os.ST_RDONLY, 255))
+    monkeypatch.setattr(os, "statvfs", lambda path: read_only)
+    mounted = check_output_folder(tmp_path / "run", "hydra.run.dir")
+    assert mounted == (
+        f"hydra.run.dir={tmp_path / 'run'} cannot be created ({tmp_path} is on a read-only file "
+        "system); set hydra.run.dir to a folder you can write to"
+    )
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a user without the right
+    denied = check_output_folder(tmp_path / "run", "hydra.run.dir")
+    assert denied is not None and f"({tmp_path} is not a folder you can write to)" in denied
+
+
 @pytest.mark.parametrize(
     ("node", "settings", "message"),
     [
@@ -78,3 +99,17 @@ def test_plugin_settings_in_range_pass():
         }
     )
     assert check_plugins(hydra) is None
+
+
+def test_a_suggested_override_is_quoted_when_hydra_would_read_its_value_as_syntax():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    assert shell_override("resume", "outputs/runs/2026-11-30/10-00-00") == (
+        "resume=outputs/runs/2026-11-30/10-00-00"
+    )
+    member = "outputs/sweeps/s/loss=mse,seed=0"
+    suggested = shell_override("resume", member)
+    assert suggested == f"\"resume='{member}'\""
+    as_the_shell_passes_it = shlex.split(suggested)
+    [parsed] = OverridesParser.create().parse_overrides(as_the_shell_passes_it)
+    assert parsed.value() == member

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import struct
 import subprocess
 import warnings
 from collections import defaultdict
@@ -402,6 +403,27 @@ def test_a_damaged_event_file_found_on_resume_is_said_with_what_is_lost(tmp_path
     with caplog.at_level("WARNING", logger="trainlab"):
         trim_events(tmp_path, step=10, epochs=0)
     [warning] = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
-    assert str(path) in warning and f"of {size}" in warning and "are lost" in warning
+    assert str(path) in warning and f"of its {size} bytes cannot be read" in warning
+    assert warning.endswith(f"kept as {path.name.replace('tfevents', 'damaged')}")
+    assert path.with_name(path.name.replace("tfevents", "damaged")).read_bytes() == bytes(data)
     steps = [step for step, _ in scalars(tmp_path)["train/loss"]]
     assert steps == list(range(1, len(steps) + 1)) and 0 < len(steps) < 10  # whole up to it
+
+
+def test_a_checkpoint_with_a_flipped_bit_is_refused_not_loaded(tmp_path):
+    """torch.load does not check the CRCs its zip format stores; a flipped bit in a weight
+    would load as a wrong number and the run would go on from it."""
+    from trainlab.checkpoint import PARTS, CheckpointError, load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {part: {"weight": torch.arange(1000.0)} for part in PARTS})
+    assert load_checkpoint(path)["model"]["weight"][999] == 999.0
+    data = bytearray(path.read_bytes())
+    data[data.index(struct.pack("<f", 999.0))] ^= 0x40  # a bit of the stored weight 999.0
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"is damaged: its part .* fails its checksum"):
+        load_checkpoint(path)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint"):
+        load_checkpoint(path)

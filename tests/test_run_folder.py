@@ -94,7 +94,13 @@ REFUSALS = [
     ),
     ({"checkpoint": True}, False, True, "holds a checkpoint but no metrics.json"),
     ({"extra": ["provenance.json"]}, False, True, "holds a run's results but no metrics.json"),
-    ({"metrics": {"status": "interrupted"}}, True, False, "no checkpoint at"),
+    ({"metrics": {"status": "interrupted"}}, True, False, "stopped before its first checkpoint"),
+    (
+        {"metrics": {"status": "completed", "steps": 40}},
+        True,
+        False,
+        "though the run got to step 40 (the file was moved or deleted",
+    ),
     ({"config": False, "extra": ["notes.txt"]}, False, False, "already holds other files"),
 ]
 
@@ -131,6 +137,19 @@ def test_an_unreadable_metrics_json_of_a_stopped_run_is_refused_and_nothing_is_d
         train_run(compose_config(*RUN), run_dir, multirun=True)
     assert fingerprint(run_dir) == before
     assert not (run_dir / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("{{{", "is unreadable"), ("seed: 1\n", "is not a list"), ("- 5\n", "is not a list")],
+)
+def test_a_damaged_overrides_yaml_is_refused_in_one_line(text, message, tmp_path):
+    run_dir = make_folder(tmp_path / "run", metrics={"status": "interrupted"}, checkpoint=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(text)
+    before = fingerprint(run_dir)
+    with pytest.raises(UserError, match=f"overrides.yaml {message}.*restore it"):
+        train_run(compose_config(*RUN), run_dir, multirun=True)
+    assert fingerprint(run_dir) == before
 
 
 def _hold_lock(path: str, ready, done) -> None:
@@ -258,7 +277,10 @@ def test_a_stopped_extension_is_undone_and_says_so(finished):
         stop_requested=lambda: next(polls) == 1,
     )  # fmt: skip
     assert metrics["status"] == "interrupted"
-    assert "the extension was undone" in metrics["message"]
+    assert metrics["message"] == (
+        f"the extension was undone: {finished} holds the finished run as it was; run the same "
+        "command to extend it"
+    )  # not "continue it with resume=": that finds the run finished
     assert fingerprint(finished) == before
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import random
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +79,38 @@ def save_checkpoint(path: Path, parts: dict[str, Any]) -> None:
     atomic_write(path, lambda file: file.write(buffer.getbuffer()))
 
 
+def _damaged_part(path: Path) -> str | None:
+    """The first part of a checkpoint (a zip archive) whose CRC-32 fails: torch.load reads
+    the parts without checking them, so a flipped bit would load as a wrong weight."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None  # not a whole archive: torch.load says what it is
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint onto the CPU; a missing, damaged or foreign file is a CheckpointError."""
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a folder, not a checkpoint; move it away and put the run's checkpoint "
+            "file there to resume"
+        )
     if not path.is_file():
         raise CheckpointError(
             f"no checkpoint at {path}: the run stopped before its first checkpoint; run the "
             f"same command again (with hydra.run.dir={path.parent}) to start it over"
         )
+    damaged = _damaged_part(path)
+    if damaged is not None:
+        raise CheckpointError(
+            f"{path} is damaged: its part {damaged} fails its checksum (a damaged disk or an "
+            "interrupted copy); put back a good copy, or delete it and start the run again"
+        )
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # the one line below says it
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, pickle with code in it, not a torch file...
         reason = first_line(error) or type(error).__name__
         raise CheckpointError(

@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from trainlab import resolvers, runlog
+from trainlab.config_keys import shell_override
 from trainlab.errors import SharedError, UserError
 from trainlab.failures import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from trainlab.hydra_internals import mode_known
@@ -176,14 +177,17 @@ def _job(processes: Processes, stop: GracefulStop) -> Job:
     run_dir = Path(hydra_config.runtime.output_dir)
     multirun = hydra_config.mode == RunMode.MULTIRUN
     if multirun:
-        hint = f"run the same sweep command again with hydra.sweep.dir={hydra_config.sweep.dir}"
+        hint = (
+            "run the same sweep command again with "
+            f"{shell_override('hydra.sweep.dir', hydra_config.sweep.dir)}"
+        )
     elif processes.parallel:
         hint = (
             f"continue it with: torchrun --nproc-per-node={processes.world} -m trainlab "
-            f"resume={run_dir}"
+            f"{shell_override('resume', run_dir)}"
         )
     else:
-        hint = f"continue it with: trainlab resume={run_dir}"
+        hint = f"continue it with: trainlab {shell_override('resume', run_dir)}"
     return Job(
         run_dir=run_dir,
         multirun=multirun,

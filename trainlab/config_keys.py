@@ -5,13 +5,27 @@ Torch-free: the command-line checks, the run folder and trainlab-report all read
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+# What Hydra reads as a plain value (a conservative subset: a sweep member's folder name holds
+# = and , which Hydra reads as syntax).
+_PLAIN_VALUE = re.compile(r"[\w/.\-]+")
 
 
 def override_key(override: str) -> str:
     """``optimizer.lr`` for ``optimizer.lr=0.1``, ``++optimizer.lr=0.1`` or ``~optimizer.lr``."""
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def shell_override(key: str, value: object) -> str:
+    """``key=value`` as a user types it in a shell for Hydra to read: quoted for Hydra, and
+    that quoting kept from the shell, when the value holds characters Hydra reads as syntax."""
+    text = str(value)
+    if _PLAIN_VALUE.fullmatch(text):
+        return f"{key}={text}"
+    return f"\"{key}='" + text.replace("\\", "\\\\").replace("'", "\\'") + "'\""
 
 
 def sets_a_value(override: str) -> bool:

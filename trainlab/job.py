@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
+from trainlab.config_keys import shell_override
 from trainlab.distributed import Processes
 
 
@@ -33,4 +34,7 @@ class Job:
 
     @property
     def how_to_resume(self) -> str:
-        return self.resume_hint or f"continue it with: trainlab resume={self.run_dir}"
+        return (
+            self.resume_hint
+            or f"continue it with: trainlab {shell_override('resume', self.run_dir)}"
+        )

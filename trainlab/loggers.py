@@ -5,11 +5,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import shutil
 import struct
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
@@ -28,6 +31,7 @@ from trainlab.files import atomic_write
 from trainlab.optim import TrainingPlan
 
 log = logging.getLogger("trainlab")
+T = TypeVar("T")
 GROUPS = ("dataset", "model", "loss", "optimizer", "schedule", "regularizer")
 
 
@@ -71,6 +75,41 @@ def hparams_of(
     }  # TensorBoard takes only these types (None becomes "None")
 
 
+def _quiet_writer_threads() -> None:
+    """TensorBoard's writer thread hands an error writing the event file (a full disk) to the
+    run's next write, which reports it in one line; Python would also print it, with a
+    traceback, as the thread ends."""
+    default = threading.excepthook
+    if getattr(default, "trainlab", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == _WRITER):
+            default(args)
+
+    hook.trainlab = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
+_WRITER = "_AsyncWriterThread"  # tensorboard.summary.writer.event_file_writer's
+
+
+def _names_the_event_file(method: Callable[..., T]) -> Callable[..., T]:
+    """An error from the writer names the event file (the thread's error names none)."""
+
+    @functools.wraps(method)
+    def named(self: TensorBoardLogger, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as error:
+            if error.filename is None:
+                files = sorted(self.run_dir.glob("events.out.tfevents.*"))
+                error.filename = str(files[-1] if files else self.run_dir)
+            raise
+
+    return named
+
+
 class TensorBoardLogger(Callback):
     """Scalars per logging interval (``train/*``) and per epoch (``epoch/*``), plus hparams.
 
@@ -79,11 +118,14 @@ class TensorBoardLogger(Callback):
     was logged after its checkpoint, so no step is duplicated or missing.
     """
 
+    @_names_the_event_file
     def __init__(
         self, run_dir: Path, hparams: Mapping[str, Any], resume_at: tuple[int, int] | None = None
     ) -> None:
+        self.run_dir = run_dir
         if resume_at is not None:
             trim_events(run_dir, *resume_at)
+        _quiet_writer_threads()
         self.writer = SummaryWriter(log_dir=str(run_dir))
         # Only the session summaries, no experiment summary: TensorBoard then builds the
         # experiment from every run it sees, so the hparams that differ across a sweep are
@@ -93,24 +135,29 @@ class TensorBoardLogger(Callback):
         if resume_at is None:
             self.writer.file_writer.add_summary(start)
 
+    @_names_the_event_file
     def flush(self) -> None:
         self.writer.flush()
 
+    @_names_the_event_file
     def on_log(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
             self.writer.add_scalar(f"train/{name}", value, step)
 
+    @_names_the_event_file
     def on_epoch_end(self, epoch: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
             if name not in ("epoch", "step"):
                 self.writer.add_scalar(f"epoch/{name}", value, epoch)
 
+    @_names_the_event_file
     def write_final(self, metrics: Mapping[str, float]) -> None:
         """Final numbers as ``final/*`` scalars (the HParams dashboard's metric columns)."""
         for name, value in metrics.items():
             self.writer.add_scalar(f"final/{name}", value, 0)
         self.writer.file_writer.add_summary(self._end)
 
+    @_names_the_event_file
     def close(self) -> None:
         self.writer.close()
 
@@ -135,35 +182,49 @@ def _keep_event(event: event_pb2.Event, step: int, epochs: int) -> bool:
     return not (tag.startswith("final/") or tag == "_hparams_/session_end_info")
 
 
-def read_records(path: Path) -> tuple[list[bytes], int]:
-    """The whole records of a TensorBoard event file (TFRecord framing, CRCs checked) and the
-    offset where they end: a kill may cut the last one short, a damaged disk one in the middle."""
-    data, records, offset = path.read_bytes(), [], 0
-    while offset + 12 <= len(data):
+class EventRecords(NamedTuple):
+    """What of an event file can be read: its whole records, and what could not be."""
+
+    records: list[bytes]
+    damaged: int  # bytes in records whose checksums fail, or after a length that cannot be read
+    cut_short: int  # bytes of a last record a kill cut short
+
+
+def read_records(path: Path) -> EventRecords:
+    """The whole records of a TensorBoard event file (TFRecord framing, CRCs checked). A record
+    whose payload fails its checksum is skipped; a damaged length ends the reading (nothing
+    after it can be found)."""
+    data, records, offset, damaged = path.read_bytes(), [], 0, 0
+    while offset < len(data):
         header = data[offset : offset + 8]
-        (length,) = struct.unpack("<Q", header)
-        (header_crc,) = struct.unpack("<I", data[offset + 8 : offset + 12])
-        end = offset + 12 + length + 4
-        if header_crc != masked_crc32c(header) or end > len(data):
-            break
+        if offset + 12 > len(data):
+            return EventRecords(records, damaged, len(data) - offset)
+        if struct.unpack("<I", data[offset + 8 : offset + 12])[0] != masked_crc32c(header):
+            return EventRecords(records, damaged + len(data) - offset, 0)
+        end = offset + 12 + struct.unpack("<Q", header)[0] + 4
+        if end > len(data):
+            return EventRecords(records, damaged, len(data) - offset)
         payload = data[offset + 12 : end - 4]
-        if struct.unpack("<I", data[end - 4 : end])[0] != masked_crc32c(payload):
-            break
-        records.append(payload)
+        if struct.unpack("<I", data[end - 4 : end])[0] == masked_crc32c(payload):
+            records.append(payload)
+        else:
+            damaged += end - offset
         offset = end
-    return records, offset
+    return EventRecords(records, damaged, 0)
 
 
 def _kept_records(paths: list[Path], step: int, epochs: int) -> Iterator[bytes]:
     seen: set[bytes] = set()  # a kill between the rewrite and the unlinks below leaves copies
     for index, path in enumerate(paths):
-        records, end = read_records(path)
-        lost = path.stat().st_size - end
-        if lost:
+        records, damaged, _ = read_records(path)  # an event a kill cut short: never written
+        if damaged:
+            copy = path.with_name(path.name.replace("tfevents", "damaged"))  # TensorBoard skips it
+            shutil.copyfile(path, copy)
             log.warning(
-                "%s is damaged at byte %d of %d: the events in its last %d bytes are lost from "
-                "the run's TensorBoard record (a kill while writing, or a damaged disk)",
-                path, end, end + lost, lost,
+                "%s is damaged: %d of its %d bytes cannot be read (a damaged disk?), and the "
+                "events in them are missing from the run's TensorBoard record; the file as it "
+                "was is kept as %s",
+                path, damaged, path.stat().st_size, copy.name,
             )  # fmt: skip
         for raw in records:
             event = event_pb2.Event.FromString(raw)
@@ -181,7 +242,7 @@ def trim_events(run_dir: Path, step: int, epochs: int) -> None:
 
     TensorBoard's own purge works on one step axis, but ``epoch/*`` counts epochs: so the
     events are filtered here, by tag, and the file replaced atomically. A damaged file is
-    said, with what of it is lost.
+    said, with what of it is lost, and kept as it was.
     """
     paths = sorted(run_dir.glob("events.out.tfevents.*"))
     if not paths:

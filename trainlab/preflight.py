@@ -90,6 +90,8 @@ def _check_composed(
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     if not multirun and config.get("resume") is not None:
         key = "resume"  # the run folder is the one resumed
+        if not str(config.resume).strip():
+            return "resume= is empty; give the folder of the run to continue (resume=<its folder>)"
     try:
         output = config.hydra.sweep.dir if multirun else config.hydra.run.dir
     except Exception as error:  # an interpolation in the folder's name that resolves to nothing
@@ -175,9 +177,26 @@ def check_output_folder(folder: Path, key: str) -> str | None:
         )
     if key == "resume" and parent == folder.absolute() and not parent.is_dir():
         return f"resume={folder} is a file, not a run folder; give the folder of an earlier run"
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        what = "is a file, not a folder" if parent.exists() else "is not a writable folder"
+    what = _why_unwritable(parent)
+    if what is not None:
         return f"{key}={folder} cannot be created ({parent} {what}); set {key} to a folder you can write to"
+    return None
+
+
+def _why_unwritable(folder: Path) -> str | None:
+    """Why nothing can be made in ``folder`` (None: something can), without writing there."""
+    if not folder.is_dir():
+        return "is a file, not a folder"
+    try:
+        system = os.statvfs(folder)
+    except OSError as error:
+        return f"cannot be read: {error.strerror}"
+    if system.f_flag & os.ST_RDONLY:
+        return "is on a read-only file system"
+    if system.f_blocks == 0:  # /proc, /sys: the kernel's, not files
+        return "is on a file system of the kernel's, which holds no files"
+    if not os.access(folder, os.W_OK):
+        return "is not a folder you can write to"
     return None
 
 

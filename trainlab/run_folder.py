@@ -34,12 +34,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trainlab import provenance, runlog
 from trainlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from trainlab.config_keys import differences
-from trainlab.errors import UserError
+from trainlab.config_keys import differences, shell_override
+from trainlab.errors import UserError, first_line
 from trainlab.failures import Failure, Outcome, classify
 from trainlab.failures import decide as decide_outcome
 from trainlab.files import FolderLocked, OutputError, atomic_write, lock_folder, write_json
@@ -147,11 +147,7 @@ def action_for(found: Found, run_dir: Path, *, resume: bool, multirun: bool) -> 
         )
     if resume:
         if not found.checkpoint:
-            raise UserError(
-                f"no checkpoint at {run_dir / CHECKPOINT_NAME}: the run stopped before its first "
-                f"checkpoint; run the same command again (with hydra.run.dir={run_dir}) to start "
-                "it over"
-            )
+            raise UserError(_no_checkpoint(found, run_dir))
         return "resume"
     if found.metrics is None:
         return _decide_without_metrics(found, run_dir, multirun)
@@ -160,10 +156,24 @@ def action_for(found: Found, run_dir: Path, *, resume: bool, multirun: bool) -> 
     if found.status in FINISHED or (found.resumable and not multirun):
         over = f", delete {run_dir / CHECKPOINT_NAME} to start it over" if found.resumable else ""
         raise UserError(
-            f"{run_dir} already holds a run ({found.status}); continue it with resume={run_dir}"
-            f"{over}, or choose another hydra.run.dir"
+            f"{run_dir} already holds a run ({found.status}); continue it with "
+            f"{shell_override('resume', run_dir)}{over}, or choose another hydra.run.dir"
         )
     return "resume" if found.resumable else "rerun"
+
+
+def _no_checkpoint(found: Found, run_dir: Path) -> str:
+    steps = (found.metrics or {}).get("steps")
+    if steps:  # it got far enough to write one: the file was moved or deleted
+        return (
+            f"no checkpoint at {run_dir / CHECKPOINT_NAME}, though the run got to step {steps} "
+            "(the file was moved or deleted?); put it back to resume the run, or start anew "
+            "in another folder"
+        )
+    return (
+        f"no checkpoint at {run_dir / CHECKPOINT_NAME}: the run stopped before its first "
+        f"checkpoint; run the same command again (with hydra.run.dir={run_dir}) to start it over"
+    )
 
 
 def _decide_without_metrics(found: Found, run_dir: Path, multirun: bool) -> Action:
@@ -171,7 +181,8 @@ def _decide_without_metrics(found: Found, run_dir: Path, multirun: bool) -> Acti
     if found.checkpoint:  # metrics.json deleted: finished or not, nobody can tell
         raise UserError(
             f"{run_dir} holds a checkpoint but no {METRICS_NAME}, so whether its run finished "
-            f"is unknown; continue it with resume={run_dir}, or set {key} to another folder"
+            f"is unknown; continue it with {shell_override('resume', run_dir)}, or set {key} to "
+            "another folder"
         )
     if found.config and not found.results:  # killed as it started: nothing to keep
         return "rerun"
@@ -218,7 +229,19 @@ def saved_overrides(run_dir: Path) -> list[str] | None:
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return None
-    return [str(o) for o in OmegaConf.load(path)]
+    try:
+        overrides = OmegaConf.load(path)
+    except Exception as error:
+        raise UserError(f"{path} is unreadable ({first_line(error)}); {_REWRITE_HINT}") from None
+    if not isinstance(overrides, ListConfig) or not all(isinstance(o, str) for o in overrides):
+        raise UserError(f"{path} is not a list of overrides; {_REWRITE_HINT}")
+    return list(overrides)
+
+
+_REWRITE_HINT = (
+    "trainlab reads the run's command line from it: restore it, or write it as a YAML list of "
+    "the run's overrides (as Hydra did: - key=value)"
+)
 
 
 def check_same_config(run_dir: Path, config: DictConfig, multirun: bool) -> None:
@@ -478,7 +501,7 @@ class RunFolder:
     def _interrupt(self, metrics: dict[str, Any]) -> dict[str, Any]:
         if self.plan_ is not None and self.plan_.extends:
             _undo_extension(self.path)
-            return {**metrics, "message": f"{metrics['message']}; {self.undone}"}
+            return {**metrics, "message": f"{self.undone}; run the same command to extend it"}
         metrics = {**metrics, "started_at": self.started_at, "interrupted_at": now()}
         write_json(self.metrics_path, metrics)
         return metrics
