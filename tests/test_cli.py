@@ -190,6 +190,9 @@ def test_help_lists_every_group_and_option(tmp_path):
         assert set(line.split(":", 1)[1].replace(",", " ").split()) == {
             p.stem for p in (conf / group).glob("*.yaml")
         }
+    # What needs the sweep extra is marked, with how to install it.
+    assert "optuna_search*" in result.stdout and "joblib*, " in result.stdout
+    assert "* needs the sweep extra: pip install -e '.[sweep]'" in result.stdout
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):

@@ -3,6 +3,7 @@ readers, the uint8 cache, splits, batch preparation and augmentation, and the da
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -153,6 +154,18 @@ def test_missing_files_give_one_line_naming_them_and_the_fix(tmp_path):
     assert "train-images-idx3-ubyte" in message and str(tmp_path / "empty" / "MNIST/raw") in message
     assert "dataset.root" in message and "TRAINLAB_DATA" in message
     assert not (tmp_path / "empty").exists()
+
+
+def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):
+    source = image_files.SOURCES["fashion_mnist"]
+    away = dataclasses.replace(source, system_copies=(str(tmp_path / "not-installed"),))
+    monkeypatch.setitem(image_files.SOURCES, "fashion_mnist", away)
+    with pytest.raises(DataError) as error:
+        load_dataset(image_config("fashion_mnist", tmp_path / "empty"))
+    assert str(error.value).endswith(
+        f"or install Debian's copy, which trainlab finds in {tmp_path / 'not-installed'}: "
+        "apt-get install dataset-fashion-mnist"
+    )
 
 
 def test_a_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -85,10 +85,38 @@ def app_help(argv: list[str]) -> str:
         config = compose("config", overrides=overrides, return_hydra_config=True)
         loader = GlobalHydra.instance().config_loader()
         groups = sorted(g for g in loader.list_groups("") if g != "hydra")
-        listing = "\n".join(f"{g}: {', '.join(loader.get_group_options(g))}" for g in groups)
+        options = {group: loader.get_group_options(group) for group in groups}
+    listing = "\n".join(
+        f"{group}: {', '.join(_marked(group, option) for option in names)}"
+        for group, names in options.items()
+    )
     config_text = OmegaConf.to_yaml(task_config(config))
+    listing += f"\n\n{_sweep_plugins()}"
     return Template(config.hydra.help.template).safe_substitute(
         APP_CONFIG_GROUPS=listing, HYDRA_CONFIG_GROUPS="", CONFIG=config_text
+    )
+
+
+def _marked(group: str, option: str) -> str:
+    """An option that needs the sweep extra, with a star (the help's key says so)."""
+    from trainlab.preflight import PLUGIN_OPTIONS
+
+    return f"{option}*" if option in PLUGIN_OPTIONS.get(group, ()) else option
+
+
+def _sweep_plugins() -> str:
+    from importlib.util import find_spec
+
+    from trainlab.preflight import PLUGIN_OPTIONS
+
+    launchers = ", ".join(f"{name}*" for name in PLUGIN_OPTIONS["hydra/launcher"])
+    sweepers = ", ".join(f"{name}*" for name in PLUGIN_OPTIONS["hydra/sweeper"])
+    installed = find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+    return (
+        f"With -m: hydra/launcher=basic (one member after another), {launchers}\n"
+        f"         hydra/sweeper=basic (every combination), {sweepers}\n"
+        "* needs the sweep extra: pip install -e '.[sweep]' "
+        f"({'installed here' if installed else 'not installed here'})"
     )
 
 

@@ -254,6 +254,7 @@ def check_plugins(hydra: DictConfig) -> str | None:
 PLUGIN_OPTIONS = {
     "hydra/launcher": ("joblib", "submitit_slurm", "submitit_local", "slurm", "gpus"),
     "hydra/sweeper": ("optuna",),
+    "experiment": ("optuna_search",),
 }
 
 
@@ -261,7 +262,7 @@ def _missing_option(error: MissingConfigException) -> str:
     group, _, name = (error.missing_cfg_file or "").rpartition("/")
     options = list(error.options or [])
     key = f"+{group}" if group == "experiment" else group
-    if name in PLUGIN_OPTIONS.get(group, ()) or (group == "experiment" and name == "optuna_search"):
+    if name in PLUGIN_OPTIONS.get(group, ()):
         return (
             f"{key}={name} comes with Hydra's sweep plugins, which are not installed here; "
             "install them with: pip install -e '.[sweep]'"

@@ -75,7 +75,8 @@ class ImageSource:
     classes: int
     train_count: int
     test_count: int
-    system_copies: tuple[str, ...] = ()
+    system_copies: tuple[str, ...] = ()  # where a system package puts the files
+    system_package: str = ""  # that package (Debian's name)
 
     def reader_class(self) -> type:
         """The torchvision class that reads the files; torchvision costs a second to import,
@@ -94,6 +95,7 @@ SOURCES = {
     "fashion_mnist": ImageSource(
         "fashion_mnist", "FashionMNIST", "FashionMNIST/raw", IDX_FILES,
         (1, 28, 28), 10, 60000, 10000, system_copies=("/usr/share/datasets/fashion-mnist",),
+        system_package="dataset-fashion-mnist",
     ),
     "cifar10": ImageSource(
         "cifar10", "CIFAR10", "cifar-10-batches-py", CIFAR_FILES, (3, 32, 32), 10, 50000, 10000
@@ -181,10 +183,16 @@ def _download(source: ImageSource, root: Path) -> Path:
 
 
 def _how_to_get(source: ImageSource, root: Path) -> str:
+    package = (
+        f", or install Debian's copy, which trainlab finds in {source.system_copies[0]}: "
+        f"apt-get install {source.system_package}"
+        if source.system_package
+        else ""
+    )
     return (
         f"put {', '.join(source.files)} (or their .gz) in {root / source.folder}, or download them "
         "on a connected machine (dataset.download=true), or point dataset.root (or $TRAINLAB_DATA) "
-        "at a copy"
+        f"at a copy{package}"
     )
 
 
