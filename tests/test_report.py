@@ -21,7 +21,7 @@ from trainlab.report import Group, Run, find_runs, mean_and_std, rank, report, s
 
 def test_mean_and_sample_std():
     assert mean_and_std([]) == (None, None)
-    assert mean_and_std([0.5]) == (0.5, 0.0)
+    assert mean_and_std([0.5]) == (0.5, None)  # one value has no spread to estimate
     mean, std = mean_and_std([0.7, 0.8, 0.9])
     assert mean == pytest.approx(0.8) and std == pytest.approx(0.1)  # sample std, n - 1
 
@@ -56,7 +56,7 @@ def test_seeds_are_aggregated_and_groups_ranked_with_failures_last():
         pytest.approx(0.75),
         pytest.approx(0.0707107, rel=1e-5),
     )
-    assert groups[1].mean_std("val_accuracy") == (0.9, 0.0)  # the diverged seed has no value
+    assert groups[1].mean_std("val_accuracy") == (0.9, None)  # the diverged seed has no value
     assert groups[1].status == "completed, diverged"
     assert {g.params[0] for g in groups[2:]} == {"1.0", "0.001"}
     clean = [_run("x", "completed", 0.6, lr=1), _run("y", "completed", 0.9, lr=2)]

@@ -13,7 +13,6 @@ import csv
 import json
 import math
 import re
-import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from rich.table import Table
 
 from trainlab.console import make_console
 from trainlab.errors import path_error
+from trainlab.stats import Summary, compare, summarize
 
 LOWER_IS_BETTER = ("loss", "mse", "mae")
 REPORT_FILES = ("summary.csv", "summary.md", "val_curves.png", "heatmap.png")
@@ -61,6 +61,12 @@ class Group:
     def mean_std(self, metric: str) -> tuple[float | None, float | None]:
         return mean_and_std(self.values(metric))
 
+    def summary(self, metric: str) -> Summary | None:
+        return summarize(self.values(metric))
+
+    def label(self, keys: list[str]) -> str:
+        return ",".join(f"{k}={v}" for k, v in zip(keys, self.params, strict=True)) or "the runs"
+
     @property
     def status(self) -> str:
         counts: dict[str, int] = {}
@@ -70,12 +76,9 @@ class Group:
 
 
 def mean_and_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n - 1); the std of a single value is 0."""
-    if not values:
-        return None, None
-    if len(values) == 1:
-        return values[0], 0.0
-    return statistics.fmean(values), statistics.stdev(values)
+    """Mean and sample standard deviation (n - 1); a single value has no std (None)."""
+    summary = summarize(values)
+    return (None, None) if summary is None else (summary.mean, summary.std)
 
 
 def _overrides(run_dir: Path) -> dict[str, str]:
@@ -145,7 +148,7 @@ def default_metric(runs: list[Run]) -> str:
 
 def rank(groups: list[Group], metric: str) -> list[Group]:
     """Best first; groups without the metric (failed, still running) last."""
-    larger_better = not metric.endswith(LOWER_IS_BETTER)
+    larger_better = larger_is_better(metric)
 
     def key(group: Group) -> tuple[int, float]:
         mean, _ = group.mean_std(metric)
@@ -159,10 +162,63 @@ def rank(groups: list[Group], metric: str) -> list[Group]:
     return sorted(groups, key=key)
 
 
+def larger_is_better(metric: str) -> bool:
+    return not metric.endswith(LOWER_IS_BETTER)
+
+
+def verdicts(groups: list[Group], metric: str) -> list[str]:
+    """For ranked groups: ``best``, ``≈ best`` (not significantly worse, Welch's t-test at
+    5 %), ``worse``, with the p-value; empty where one seed leaves nothing to test."""
+    best = groups[0].summary(metric) if groups else None
+    found = ["best" if best is not None else ""]
+    for group in groups[1:]:
+        other = group.summary(metric)
+        comparison = None if best is None or other is None else compare(
+            best, other, larger_is_better(metric)
+        )  # fmt: skip
+        if comparison is None:
+            found.append("")
+        else:
+            verdict = "worse" if comparison.significant else "≈ best"
+            found.append(f"{verdict} ({p_value(comparison.p)})")
+    return found
+
+
+def answer(groups: list[Group], metric: str, keys: list[str]) -> str | None:
+    """The sweep's answer in one line: the best configuration against the next one."""
+    summaries = [(group, group.summary(metric)) for group in groups]
+    ranked = [(group, summary) for group, summary in summaries if summary is not None]
+    if len(ranked) < 2:
+        return None
+    (first, best), (second, other) = ranked[0], ranked[1]
+    comparison = compare(best, other, larger_is_better(metric))
+    names = first.label(keys), second.label(keys)
+    if comparison is None:
+        return (
+            f"{names[0]} ranks first on {metric} ({best.mean:.4g} against {other.mean:.4g} for "
+            f"{names[1]}); with one seed there is no confidence to give: sweep seed=0,1,2"
+        )
+    seeds = f"{best.n} seeds" if best.n == other.n else f"{best.n} and {other.n} seeds"
+    gap = f"{comparison.difference:.3g} ± {comparison.ci:.2g}, 95 % CI, {seeds}"
+    if comparison.significant:
+        return (
+            f"{names[0]} beats {names[1]} on {metric} by {gap} (Welch's t-test "
+            f"{p_value(comparison.p)})"
+        )
+    return (
+        f"{names[0]} ranks first on {metric}, but not significantly ahead of {names[1]} "
+        f"(by {gap}; {p_value(comparison.p)}): more seeds may tell them apart"
+    )
+
+
+def p_value(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3g}"
+
+
 def _format(mean: float | None, std: float | None, runs: int) -> str:
     if mean is None:
         return "-"
-    return f"{mean:.4f} ± {std:.4f}" if runs > 1 else f"{mean:.4f}"
+    return f"{mean:.4f} ± {std:.4f}" if runs > 1 and std is not None else f"{mean:.4f}"
 
 
 def _columns(runs: list[Run], metric: str) -> list[str]:
@@ -177,33 +233,38 @@ def _columns(runs: list[Run], metric: str) -> list[str]:
     return columns
 
 
-def write_csv(path: Path, keys: list[str], groups: list[Group], columns: list[str]) -> None:
+def write_csv(
+    path: Path, keys: list[str], groups: list[Group], columns: list[str], metric: str
+) -> None:
+    """Per group: mean and sample std of every column (empty for one seed), then the ranked
+    metric's 95 % confidence interval and its verdict against the best."""
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
         header = [*keys, "runs", "status"]
         for column in columns:
             header += [f"{column}_mean", f"{column}_std"]
-        writer.writerow(header)
-        for group in groups:
+        writer.writerow([*header, f"{metric}_ci95", "vs_best"])
+        for group, verdict in zip(groups, verdicts(groups, metric), strict=True):
             row: list[Any] = [*group.params, len(group.runs), group.status]
             for column in columns:
                 mean, std = group.mean_std(column)
                 row += ["" if mean is None else mean, "" if std is None else std]
-            writer.writerow(row)
+            summary = group.summary(metric)
+            ci = "" if summary is None or summary.ci is None else summary.ci
+            writer.writerow([*row, ci, verdict])
 
 
 def write_markdown(
     path: Path, keys: list[str], groups: list[Group], columns: list[str], metric: str
 ) -> None:
-    header = ["rank", *keys, "runs", "status", *columns]
-    lines = [
-        f"# Sweep summary: ranked by {metric}",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for position, group in enumerate(groups, 1):
-        cells = [str(position), *group.params, str(len(group.runs)), group.status]
+    header = ["rank", *keys, "runs", "status", "vs best", *columns]
+    said = answer(groups, metric, keys)
+    lines = [f"# Sweep summary: ranked by {metric}", "", *([said, ""] if said else [])]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for position, (group, verdict) in enumerate(
+        zip(groups, verdicts(groups, metric), strict=True), 1
+    ):
+        cells = [str(position), *group.params, str(len(group.runs)), group.status, verdict]
         cells += [_format(*group.mean_std(c), len(group.values(c))) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [run for group in groups for run in group.runs if run.metrics.get("error")]
@@ -325,7 +386,7 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
         raise ReportError(f"no run has a value for --metric {metric}; choose one of: {known}")
     keys = swept_keys(runs)
     groups = rank(group_runs(runs, keys), metric)
-    write_csv(root / "summary.csv", keys, groups, columns)
+    write_csv(root / "summary.csv", keys, groups, columns, metric)
     write_markdown(root / "summary.md", keys, groups, columns, metric)
     for stale in REPORT_FILES[2:]:
         (root / stale).unlink(missing_ok=True)
@@ -336,16 +397,32 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
         plot_curves(root / "val_curves.png", runs, primary, keys)
         if len(keys) == 2:
             plot_heatmap(root / "heatmap.png", keys, groups, metric)
-    table = Table(title=f"{len(runs)} runs in {root}, ranked by {metric}")
-    for header in ("#", *keys, "runs", "status", *columns):
-        table.add_column(header, overflow="fold")
-    for position, group in enumerate(groups, 1):
-        cells = [_format(*group.mean_std(c), len(group.values(c))) for c in columns]
-        table.add_row(str(position), *group.params, str(len(group.runs)), group.status, *cells)
-    console.print(table)
+    console.print(ranked_table(f"{len(runs)} runs in {root}", groups, keys, columns, metric))
+    said = answer(groups, metric, keys)
+    if said:
+        console.print(said, soft_wrap=True)
     written = [name for name in REPORT_FILES if (root / name).exists()]
-    console.print(f"wrote {', '.join(written)} in {root}", soft_wrap=True)
+    console.print(f"wrote {', '.join(written)} in {root} (with every metric)", soft_wrap=True)
     return groups
+
+
+def ranked_table(
+    title: str, groups: list[Group], keys: list[str], columns: list[str], metric: str
+) -> Table:
+    """The console's table: the ranked metric on validation and test (the files hold every
+    metric), so that it fits a terminal."""
+    name = metric.partition("_")[2]
+    shown = [c for c in dict.fromkeys([metric, f"val_{name}", f"test_{name}"]) if c in columns]
+    table = Table(title=f"{title}, ranked by {metric}")
+    for header in ("#", *keys, "runs", "status", "vs best", *shown):
+        table.add_column(header, overflow="fold")
+    ranked = zip(groups, verdicts(groups, metric), strict=True)
+    for position, (group, verdict) in enumerate(ranked, 1):
+        cells = [_format(*group.mean_std(c), len(group.values(c))) for c in shown]
+        table.add_row(
+            str(position), *group.params, str(len(group.runs)), group.status, verdict, *cells
+        )
+    return table
 
 
 def provenance_table(root: Path) -> Table:

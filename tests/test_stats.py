@@ -1,0 +1,73 @@
+"""Statistics over seeds (trainlab/stats.py) against reference values, and the report's verdicts
+and one-line answer built on them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from trainlab.report import Group, Run, answer, verdicts
+from trainlab.stats import compare, summarize, t_cdf, t_quantile
+
+
+def test_students_t_matches_reference_values():
+    # scipy.stats.t.ppf(0.975, df) and scipy.stats.t.cdf(2.0, 5)
+    for df, quantile in ((1, 12.706204736174698), (2, 4.302652729749464), (10, 2.2281388519649385)):
+        assert t_quantile(0.975, df) == pytest.approx(quantile, rel=1e-9)
+    assert t_cdf(2.0, 5) == pytest.approx(0.9490302605850709, rel=1e-12)
+    assert t_cdf(-2.0, 5) == pytest.approx(1 - 0.9490302605850709, rel=1e-12)
+    assert t_cdf(0.0, 3.7) == pytest.approx(0.5)
+
+
+def _t_tail(t: float, df: float, steps: int = 20000) -> float:
+    """P(T > t) by Simpson's rule on the density, to check the continued fraction."""
+    norm = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+
+    def density(x: float) -> float:
+        return norm * (1 + x * x / df) ** (-(df + 1) / 2)
+
+    upper, h = t + 200.0, 200.0 / steps
+    total = density(t) + density(upper)
+    total += sum((4 if i % 2 else 2) * density(t + i * h) for i in range(1, steps))
+    return total * h / 3
+
+
+def test_welchs_test_and_the_confidence_intervals():
+    low, high = summarize([1, 2, 3, 4, 5]), summarize([2, 4, 6, 8, 10])
+    assert low.std == pytest.approx(math.sqrt(2.5)) and high.std == pytest.approx(math.sqrt(10))
+    assert low.ci == pytest.approx(2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5))
+    # high is better when larger is: is low worse? t = 3 / sqrt(2.5), Welch df = 6.25 / 1.0625
+    worse = compare(high, low, larger_better=True)
+    assert worse.difference == 3.0
+    assert worse.p == pytest.approx(_t_tail(3 / math.sqrt(2.5), 6.25 / 1.0625), rel=1e-6)
+    assert worse.p == pytest.approx(0.1075 / 2, abs=5e-4)  # scipy's two-sided p is 0.1075
+    assert not worse.significant
+    assert summarize([0.5]) == (1, 0.5, None, None)  # one seed: no spread, no interval
+    assert compare(summarize([0.5]), low, larger_better=True) is None
+    assert summarize([]) is None
+
+
+def _group(name: str, values: list[float]) -> Group:
+    runs = [
+        Run(f"{name}{i}", Path(name), {"status": "completed", "test": {"mse": v}}, {})
+        for i, v in enumerate(values)
+    ]
+    return Group((name,), runs)
+
+
+def test_the_report_marks_what_is_not_significantly_worse_and_answers_in_one_line():
+    huber = _group("huber", [0.200, 0.210, 0.205])
+    mae = _group("mae", [0.206, 0.214, 0.209])
+    mse = _group("mse", [0.310, 0.330, 0.320])
+    groups, keys = [huber, mae, mse], ["loss"]
+    said = verdicts(groups, "test_mse")
+    assert said[0] == "best" and said[1].startswith("≈ best (p=") and said[2].startswith("worse")
+    line = answer(groups, "test_mse", keys)
+    assert line.startswith("loss=huber ranks first on test_mse, but not significantly ahead of")
+    clear = answer([huber, mse], "test_mse", keys)
+    assert clear.startswith("loss=huber beats loss=mse on test_mse by 0.115 ± ")
+    assert clear.endswith(", 95 % CI, 3 seeds (Welch's t-test p<0.001)")
+    alone = answer([_group("huber", [0.2]), _group("mse", [0.3])], "test_mse", keys)
+    assert "with one seed there is no confidence to give" in alone
