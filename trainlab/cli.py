@@ -40,8 +40,10 @@ def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _interrupt)  # outside training, SIGTERM stops like Ctrl-C
     processes = None
+    _TYPED[:] = sys.argv  # what provenance records: the command as typed
     try:
         processes = _join_processes(sys.argv)
+        _name_members_by_what_varies(sys.argv)
         checked = _check(sys.argv[1:], processes)
     except UserError as error:
         if not isinstance(error, SharedError):  # process 0's, or a process's own before joining
@@ -95,6 +97,33 @@ def app_help(argv: list[str]) -> str:
     return Template(config.hydra.help.template).safe_substitute(
         APP_CONFIG_GROUPS=listing, HYDRA_CONFIG_GROUPS="", CONFIG=config_text
     )
+
+
+_TYPED: list[str] = []
+EXCLUDED_FROM_NAMES = "hydra.job.config.override_dirname.exclude_keys"
+
+
+def _name_members_by_what_varies(argv: list[str]) -> None:
+    """A sweep member's folder, and so its TensorBoard run, is named after the keys that vary
+    in its sweep (``loss=huber,optimizer.lr=0.01``): the fixed overrides stay out of
+    hydra.job.override_dirname (they are in the member's config and hparams)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from trainlab.hydra_internals import parse_command_line
+
+    args = parse_command_line(argv[1:])
+    if not args.multirun or any(o.startswith(EXCLUDED_FROM_NAMES) for o in args.overrides):
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(args.overrides))
+    except Exception:
+        return  # the preflight says what is wrong with it
+    fixed = [
+        o.key_or_group
+        for o in parsed
+        if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")
+    ]
+    argv.append(f"{EXCLUDED_FROM_NAMES}=[{','.join(dict.fromkeys(['experiment', *fixed]))}]")
 
 
 def _marked(group: str, option: str) -> str:
@@ -222,7 +251,7 @@ def _job(processes: Processes, stop: GracefulStop) -> Job:
         overrides=list(hydra_config.overrides.task),
         hydra_config=hydra_config,
         title=run_name(hydra_config.job.override_dirname, 0) if multirun else "trainlab",
-        command=list(sys.argv),
+        command=list(_TYPED or sys.argv),
         resume_hint=hint,
         processes=processes,
         stop_requested=stop,

@@ -16,35 +16,36 @@ from rich.table import Table
 from trainlab.console import make_console
 from trainlab.errors import path_error
 from trainlab.files import FolderLocked, OutputError, lock_folder
-from trainlab.report import Run, find_runs
+from trainlab.report import Group, Run, default_metric, find_runs, rank
 
 LOCK_NAME = ".trainlab.lock"
 EXIT_USER_ERROR = 2
 
 
 def summary_table(runs: list[Run], title: str) -> Table:
-    """Members as rows: status, epochs, validation loss and the test numbers."""
-    metric_names: list[str] = []
-    for run in runs:
-        for name in run.metrics.get("metric_names", []):
-            if name not in metric_names:
-                metric_names.append(name)
-    table = Table(title=title)
+    """Members ranked by the validation value of the task's primary metric (what selection may
+    use; the test numbers are there to read, not to choose by), the best one marked."""
+    metric = default_metric(runs)  # val_<primary metric>
+    name = metric.partition("_")[2]
+    ranked = [group.runs[0] for group in rank([Group((r.name,), [r]) for r in runs], metric)]
+    table = Table(title=f"{title}, ranked by {metric}")
+    table.add_column("#", justify="right")
     table.add_column("run", overflow="fold")
     table.add_column("status")
     table.add_column("epochs", justify="right")
-    table.add_column("val loss", justify="right")
-    for name in metric_names:
-        table.add_column(f"test {name}", justify="right")
-    for run in runs:
-        val = run.metrics.get("val") or {}
-        test = run.metrics.get("test") or {}
+    for column in dict.fromkeys(["val loss", f"val {name}", f"test {name}"]):
+        table.add_column(column, justify="right")
+    shown = list(dict.fromkeys(["val_loss", metric, f"test_{name}"]))
+    for position, run in enumerate(ranked, 1):
+        values = [run.value(column) for column in shown]
+        best = position == 1 and values[1] is not None
         table.add_row(
+            f"{position} best" if best else str(position),
             run.name,
             run.status,
             str(run.metrics.get("epochs_run", "-")),
-            f"{val['loss']:.4f}" if "loss" in val else "-",
-            *(f"{test[name]:.4f}" if name in test else "-" for name in metric_names),
+            *("-" if value is None else f"{value:.4f}" for value in values),
+            style="bold green" if best else None,
         )
     return table
 
