@@ -43,6 +43,7 @@ CASES = [
     ("negative min_delta", ["early_stopping.min_delta=-1"], "early_stopping.min_delta"),
     ("negative seed", ["seed=-1"], "seed must be in [0, 2^63)"),
     ("zero eval interval", ["eval_every_epochs=0"], "eval_every_epochs must be >= 1"),
+    ("a report metric of no split", ["report.metric=mse"], "report.metric must be null or val_"),
     (
         "zero checkpoint interval",
         ["checkpoint.every_steps=0"],

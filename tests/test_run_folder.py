@@ -338,3 +338,14 @@ def test_claimed_records_what_the_policy_decides(tmp_path):
     assert outcome is not None and outcome.record == "failed" and outcome.exit_code is None
     recorded = json.loads((run_dir / "metrics.json").read_text())
     assert recorded["status"] == "failed" and "files missing" in recorded["error"]
+
+
+def test_a_run_made_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    """trainlab grows settings (report.* here); a run saved without one takes its default."""
+    from trainlab.resume import config_for_resume
+
+    given = compose_config(*RUN, "epochs=4")
+    saved = OmegaConf.create(OmegaConf.to_container(compose_config(*RUN), resolve=True))
+    del saved["report"]
+    merged = config_for_resume(saved, given, ["epochs=4"], tmp_path)
+    assert merged.report == {"metric": None, "why": None} and merged.epochs == 4

@@ -71,3 +71,20 @@ def test_the_report_marks_what_is_not_significantly_worse_and_answers_in_one_lin
     assert clear.endswith(", 95 % CI, 3 seeds (Welch's t-test p<0.001)")
     alone = answer([_group("huber", [0.2]), _group("mse", [0.3])], "test_mse", keys)
     assert "with one seed there is no confidence to give" in alone
+
+
+def test_the_report_ranks_by_the_metric_a_preset_judges_its_question_by(tmp_path):
+    from trainlab.report import chosen_metric, find_runs
+
+    for name, judged in (("a", "metric: test_mse\n  why: clean test set"), ("b", None)):
+        run_dir = tmp_path / name
+        (run_dir / ".hydra").mkdir(parents=True)
+        report = f"report:\n  {judged}\n" if judged else "report:\n  metric: null\n"
+        (run_dir / ".hydra" / "config.yaml").write_text(f"epochs: 3\n{report}")
+        (run_dir / "metrics.json").write_text('{"status": "completed", "primary_metric": "mse"}')
+    runs = find_runs(tmp_path)
+    assert chosen_metric(runs) == ("test_mse", "the preset's choice: clean test set")
+    assert chosen_metric(runs[1:]) == (
+        "val_mse",
+        "the validation value of the task's primary metric",
+    )

@@ -51,6 +51,7 @@ class RunSettings:
     members_per_gpu: int
     resume: str | None
     early_stopping: dict
+    report: dict
 
 
 def _early_stopping(enabled: bool, patience: int, min_delta: float) -> None:
@@ -62,6 +63,14 @@ def _checkpoint(enabled: bool, every_steps: int | None) -> None:
     require(
         every_steps is None or every_steps >= 1,
         f"checkpoint.every_steps must be >= 1 or null, got {every_steps}",
+    )
+
+
+def _report(metric: str | None, why: str | None) -> None:
+    require(
+        metric is None or re.fullmatch(r"(val|test)_\w+", metric) is not None,
+        f"report.metric must be null or val_<metric> / test_<metric>, got {metric!r} "
+        "(e.g. report.metric=test_mse)",
     )
 
 
@@ -85,6 +94,7 @@ def read_run_settings(config: Mapping[str, Any]) -> RunSettings:
     )
     _early_stopping(**check_settings("early_stopping", settings.early_stopping, _early_stopping))
     _checkpoint(**check_settings("checkpoint", settings.checkpoint, _checkpoint))
+    _report(**check_settings("report", settings.report, _report))
     return settings
 
 

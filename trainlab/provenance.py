@@ -25,6 +25,7 @@ import trainlab
 # Keys that change where or how a run executes, never its numbers.
 RUNTIME_ONLY = (
     "dataset.root", "dataset.download", "resume", "checkpoint", "cpu_threads", "members_per_gpu",
+    "report",
 )  # fmt: skip
 PACKAGES = ("trainlab", "torch", "torchvision", "hydra-core", "omegaconf", "tensorboard")
 

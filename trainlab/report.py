@@ -36,6 +36,7 @@ class Run:
     path: Path
     metrics: dict[str, Any]
     overrides: dict[str, str]
+    judged_by: tuple[str | None, str | None] = (None, None)  # config report.metric and .why
 
     @property
     def status(self) -> str:
@@ -90,6 +91,18 @@ def _overrides(run_dir: Path) -> dict[str, str]:
     return {key.lstrip("+~"): value for key, value in pairs if not key.startswith("hydra.")}
 
 
+def _judged_by(run_dir: Path) -> tuple[str | None, str | None]:
+    """The config's ``report.metric`` and ``report.why`` (a preset's question's yardstick)."""
+    try:
+        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None, None
+    judged = config.get("report") if isinstance(config, dict) else None
+    if not isinstance(judged, dict):
+        return None, None
+    return judged.get("metric"), judged.get("why")
+
+
 def natural_key(text: str) -> list[tuple[int, float, str]]:
     """Sort ``batch_size=8`` before ``batch_size=32``: numbers compare as numbers."""
     parts = re.split(r"(\d+(?:\.\d+)?(?:e-?\d+)?)", text)
@@ -116,7 +129,7 @@ def find_runs(root: Path, member_dirs: list[Path] | None = None) -> list[Run]:
             name = str(run_dir.relative_to(root))
         else:
             name = str(run_dir)
-        runs.append(Run(name, run_dir, metrics, _overrides(run_dir)))
+        runs.append(Run(name, run_dir, metrics, _overrides(run_dir), _judged_by(run_dir)))
     return runs
 
 
@@ -144,6 +157,16 @@ def default_metric(runs: list[Run]) -> str:
         if run.metrics.get("primary_metric"):
             return f"val_{run.metrics['primary_metric']}"
     return "val_loss"
+
+
+def chosen_metric(runs: list[Run]) -> tuple[str, str]:
+    """What to rank by, and why: the metric the runs' preset judges its question by (when
+    they agree on one), else the validation value of the primary metric."""
+    chosen = {run.judged_by for run in runs if run.judged_by[0]}
+    if len(chosen) == 1:
+        [(metric, why)] = chosen
+        return str(metric), f"the preset's choice: {why}" if why else "the preset's choice"
+    return default_metric(runs), "the validation value of the task's primary metric"
 
 
 def rank(groups: list[Group], metric: str) -> list[Group]:
@@ -255,11 +278,12 @@ def write_csv(
 
 
 def write_markdown(
-    path: Path, keys: list[str], groups: list[Group], columns: list[str], metric: str
+    path: Path, keys: list[str], groups: list[Group], columns: list[str], metric: str, why: str
 ) -> None:
     header = ["rank", *keys, "runs", "status", "vs best", *columns]
     said = answer(groups, metric, keys)
-    lines = [f"# Sweep summary: ranked by {metric}", "", *([said, ""] if said else [])]
+    lines = [f"# Sweep summary: ranked by {metric}", "", f"Ranked by {metric}: {why}.", ""]
+    lines += [said, ""] if said else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for position, (group, verdict) in enumerate(
         zip(groups, verdicts(groups, metric), strict=True), 1
@@ -377,7 +401,7 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
         console.print(
             f"note: the runs mix tasks ({', '.join(sorted(tasks))}); pass --metric to choose"
         )
-    metric = metric or default_metric(runs)
+    metric, why = (metric, "as asked") if metric else chosen_metric(runs)
     columns = _columns(runs, metric)
     if not any(run.value(metric) is not None for run in runs) and any(
         r.metrics.get("val") for r in runs
@@ -387,7 +411,7 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
     keys = swept_keys(runs)
     groups = rank(group_runs(runs, keys), metric)
     write_csv(root / "summary.csv", keys, groups, columns, metric)
-    write_markdown(root / "summary.md", keys, groups, columns, metric)
+    write_markdown(root / "summary.md", keys, groups, columns, metric, why)
     for stale in REPORT_FILES[2:]:
         (root / stale).unlink(missing_ok=True)
     if plots:
@@ -398,6 +422,7 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
         if len(keys) == 2:
             plot_heatmap(root / "heatmap.png", keys, groups, metric)
     console.print(ranked_table(f"{len(runs)} runs in {root}", groups, keys, columns, metric))
+    console.print(f"ranked by {metric}: {why}", soft_wrap=True)
     said = answer(groups, metric, keys)
     if said:
         console.print(said, soft_wrap=True)

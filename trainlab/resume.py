@@ -23,7 +23,13 @@ from trainlab.optim import LRSchedule
 from trainlab.provenance import RUNTIME_ONLY
 
 # What a resume may change: none of them alters the numbers already computed.
-CHANGEABLE_ON_RESUME = ("epochs", "cpu_threads", "checkpoint.every_steps")
+CHANGEABLE_ON_RESUME = (
+    "epochs",
+    "cpu_threads",
+    "checkpoint.every_steps",
+    "report.metric",
+    "report.why",
+)
 FINISHED = ("completed", "early_stopped", "diverged")
 
 
@@ -54,6 +60,9 @@ def config_for_resume(
     """The saved config, with the changeable keys the command line set; refuse any other change."""
     changed = []
     merged = OmegaConf.create(OmegaConf.to_container(saved, resolve=True))
+    for key in given:  # a setting added to trainlab since the run was made: its default
+        if key not in merged:
+            merged[key] = OmegaConf.to_container(given, resolve=True)[key]
     for key in _keys_set(overrides):
         if key == "experiment":
             changed.append("+experiment (a preset cannot change a run that exists)")
