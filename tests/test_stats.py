@@ -3,10 +3,12 @@ and one-line answer built on them."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from trainlab.report import Group, Run, answer, verdicts
 from trainlab.stats import compare, summarize, t_cdf, t_quantile
@@ -88,3 +90,35 @@ def test_the_report_ranks_by_the_metric_a_preset_judges_its_question_by(tmp_path
         "val_mse",
         "the validation value of the task's primary metric",
     )
+
+
+def _single_run(root: Path, name: str, status: str, mse: float | None, started: str, **config):
+    run_dir = root / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    settings = {"seed": 0, "epochs": 3, "loss": {"name": "mse"}, "cpu_threads": None, **config}
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(settings))
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump([f"{k}={v}" for k, v in config.items() if not isinstance(v, dict)])
+    )
+    metrics = {"status": status, "started_at": started, "primary_metric": "mse"}
+    if mse is not None:
+        metrics["val"] = {"mse": mse}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_a_folder_of_single_runs_groups_by_experiment_and_counts_an_attempt_once(tmp_path):
+    from trainlab.report import find_runs, group_runs, swept_keys
+
+    _single_run(tmp_path, "10-00", "failed", None, "2026-11-30T10:00", epochs=5)
+    _single_run(tmp_path, "10-05", "completed", 0.30, "2026-11-30T10:05", epochs=5)  # its rerun
+    _single_run(tmp_path, "10-10", "completed", 0.32, "2026-11-30T10:10", epochs=5, seed=1)
+    _single_run(
+        tmp_path, "10-20", "completed", 0.50, "2026-11-30T10:20", epochs=5, cpu_threads=1, seed=2
+    )
+    _single_run(tmp_path, "11-00", "completed", 0.40, "2026-11-30T11:00", epochs=9)
+    runs = find_runs(tmp_path)
+    keys = swept_keys(runs)
+    assert keys == ["epochs"]  # seed is aggregated; cpu_threads makes no other experiment
+    groups = {(g.params, tuple(r.name for r in g.runs)) for g in group_runs(runs, keys)}
+    # cpu_threads does not make another experiment; the failed attempt gave way to its rerun.
+    assert groups == {(("5",), ("10-05", "10-10", "10-20")), (("9",), ("11-00",))}

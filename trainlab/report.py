@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import re
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 from rich.table import Table
 
+from trainlab.config_keys import flatten
 from trainlab.console import make_console
 from trainlab.errors import path_error
 from trainlab.stats import Summary, compare, summarize
@@ -37,6 +39,8 @@ class Run:
     metrics: dict[str, Any]
     overrides: dict[str, str]
     judged_by: tuple[str | None, str | None] = (None, None)  # config report.metric and .why
+    identity: str = ""  # the experiment: its config without seed and runtime-only keys
+    seed: Any = None
 
     @property
     def status(self) -> str:
@@ -66,7 +70,8 @@ class Group:
         return summarize(self.values(metric))
 
     def label(self, keys: list[str]) -> str:
-        return ",".join(f"{k}={v}" for k, v in zip(keys, self.params, strict=True)) or "the runs"
+        given = [f"{k}={v}" for k, v in zip(keys, self.params, strict=True) if v != "-"]
+        return ",".join(given) or "the defaults"
 
     @property
     def status(self) -> str:
@@ -91,16 +96,45 @@ def _overrides(run_dir: Path) -> dict[str, str]:
     return {key.lstrip("+~"): value for key, value in pairs if not key.startswith("hydra.")}
 
 
-def _judged_by(run_dir: Path) -> tuple[str | None, str | None]:
-    """The config's ``report.metric`` and ``report.why`` (a preset's question's yardstick)."""
+def _config(run_dir: Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
-        return None, None
-    judged = config.get("report") if isinstance(config, dict) else None
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _judged_by(config: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The config's ``report.metric`` and ``report.why`` (a preset's question's yardstick)."""
+    judged = config.get("report")
     if not isinstance(judged, dict):
         return None, None
     return judged.get("metric"), judged.get("why")
+
+
+def _identity(config: dict[str, Any]) -> str:
+    """Runs of one experiment but for their seed have the same identity ("" without a config)."""
+    if not config:
+        return ""
+    flat = {
+        key: value
+        for key, value in flatten(config).items()
+        if key != "seed"
+        and key.split(".")[0] not in IDENTITY_IGNORES
+        and key not in IDENTITY_IGNORES
+    }
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _ignored(key: str) -> bool:
+    return key in IDENTITY_IGNORES or key.split(".")[0] in IDENTITY_IGNORES
+
+
+# Keys that do not make another experiment (trainlab.provenance.RUNTIME_ONLY, which imports more).
+IDENTITY_IGNORES = (
+    "dataset.root", "dataset.download", "resume", "checkpoint", "cpu_threads", "members_per_gpu",
+    "report",
+)  # fmt: skip
 
 
 def natural_key(text: str) -> list[tuple[int, float, str]]:
@@ -129,26 +163,53 @@ def find_runs(root: Path, member_dirs: list[Path] | None = None) -> list[Run]:
             name = str(run_dir.relative_to(root))
         else:
             name = str(run_dir)
-        runs.append(Run(name, run_dir, metrics, _overrides(run_dir), _judged_by(run_dir)))
+        config = _config(run_dir)
+        runs.append(
+            Run(
+                name, run_dir, metrics, _overrides(run_dir), _judged_by(config),
+                _identity(config), config.get("seed"),
+            )
+        )  # fmt: skip
     return runs
 
 
 def swept_keys(runs: list[Run]) -> list[str]:
-    """Override keys whose value differs between runs (seed excluded: it is aggregated)."""
+    """Override keys whose value differs between runs (seed excluded: it is aggregated; so are
+    keys that do not change the experiment, such as cpu_threads)."""
     keys: list[str] = []
     for run in runs:
         keys += [key for key in run.overrides if key not in keys]
     return [
-        key for key in keys if key != "seed" and len({run.overrides.get(key) for run in runs}) > 1
+        key
+        for key in keys
+        if key != "seed" and not _ignored(key) and len({run.overrides.get(key) for run in runs}) > 1
     ]
 
 
 def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
-    groups: dict[tuple[str, ...], Group] = {}
+    """Runs of the same experiment (same swept values and config) but for their seed; of
+    several attempts at one seed (a failed run and its rerun in another folder), the one that
+    got furthest, then the latest."""
+    groups: dict[tuple[Any, ...], Group] = {}
     for run in runs:
         params = tuple(run.overrides.get(key, "-") for key in keys)
-        groups.setdefault(params, Group(params)).runs.append(run)
+        groups.setdefault((params, run.identity), Group(params)).runs.append(run)
+    for group in groups.values():
+        group.runs = _one_attempt_per_seed(group.runs)
     return list(groups.values())
+
+
+def _one_attempt_per_seed(runs: list[Run]) -> list[Run]:
+    if any(run.seed is None for run in runs):
+        return runs  # runs without a config: nothing to tell attempts apart by
+    progress = {"completed": 0, "early_stopped": 0, "diverged": 0, "interrupted": 1, "running": 1}
+    ordered = sorted(runs, key=lambda run: str(run.metrics.get("started_at", "")), reverse=True)
+    ordered.sort(key=lambda run: progress.get(run.status, 2))  # furthest first, then latest
+    kept: dict[str, Run] = {}
+    for run in ordered:
+        kept.setdefault(json.dumps(run.seed, default=str), run)
+    chosen = {id(run) for run in kept.values()}
+    return [run for run in runs if id(run) in chosen]
 
 
 def default_metric(runs: list[Run]) -> str:
