@@ -88,7 +88,8 @@ def test_single_run_writes_metrics_and_tensorboard(tmp_path):
         and hparams["optimizer"] == "adam"
         and hparams["regularizer"] == "l2"
     )
-    assert hparams["lr"] == pytest.approx(0.003) and hparams["epochs"] == 3
+    assert hparams["optimizer.lr"] == pytest.approx(0.003) and hparams["epochs"] == 3
+    assert "lr" not in hparams  # one column for the lr, under the key a sweep sets
     assert "Traceback" not in result.stderr
     assert "completed" in result.stdout
 
