@@ -79,6 +79,7 @@ def test_single_run_writes_metrics_and_tensorboard(tmp_path):
     assert all(
         e.value > 0 for e in events.Scalars("train/penalty")
     )  # l2 logged apart from the loss
+    assert events.Scalars("final/test_accuracy")[0].step == metrics["steps"]  # where curves end
     assert events.Scalars("final/test_accuracy")[0].value == pytest.approx(
         metrics["test"]["accuracy"]
     )

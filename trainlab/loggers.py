@@ -150,10 +150,11 @@ class TensorBoardLogger(Callback):
                 self.writer.add_scalar(f"epoch/{name}", value, epoch)
 
     @_names_the_event_file
-    def write_final(self, metrics: Mapping[str, float]) -> None:
-        """Final numbers as ``final/*`` scalars (the HParams dashboard's metric columns)."""
+    def write_final(self, metrics: Mapping[str, float], step: int) -> None:
+        """Final numbers as ``final/*`` scalars (the HParams dashboard's metric columns), at
+        the run's last step, where the curves end."""
         for name, value in metrics.items():
-            self.writer.add_scalar(f"final/{name}", value, 0)
+            self.writer.add_scalar(f"final/{name}", value, step)
         self.writer.file_writer.add_summary(self._end)
 
     @_names_the_event_file
@@ -165,7 +166,7 @@ class NullLogger(Callback):
     """Where the events of a data-parallel run's other processes go: nowhere."""
 
     def flush(self) -> None: ...
-    def write_final(self, metrics: Mapping[str, float]) -> None: ...
+    def write_final(self, metrics: Mapping[str, float], step: int) -> None: ...
     def close(self) -> None: ...
 
 

@@ -194,7 +194,7 @@ class Loggers:
         if metrics["best_val_loss"] is not None:
             flat["best_val_loss"] = metrics["best_val_loss"]
         flat["epochs_run"] = metrics["epochs_run"]
-        self.tensorboard.write_final(flat)
+        self.tensorboard.write_final(flat, metrics["steps"])
 
     def summary(self, metrics: dict[str, Any], job: Job) -> None:
         """The outcome on the console (an interrupted run's is the command line's to say)."""
