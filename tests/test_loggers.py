@@ -4,6 +4,7 @@ TensorBoard writes, which must end in one line naming the file."""
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import threading
@@ -74,3 +75,23 @@ def test_a_full_disk_under_tensorboards_writer_is_one_error_naming_the_file(tmp_
         if type(thread).__name__ == "_AsyncWriterThread":
             thread.join(10)
     assert printed == []
+
+
+def test_the_console_keeps_the_latest_validation_numbers_between_evaluations():
+    from rich.console import Console
+
+    from trainlab.loggers import ConsoleLogger
+    from trainlab.optim import TrainingPlan
+
+    logger = ConsoleLogger(Console(file=io.StringIO(), width=200), "run", "accuracy")
+    logger.on_fit_start(TrainingPlan(epochs=3, steps_per_epoch=10))
+    logger.on_log(5, 1, {"loss": 0.9})
+    status = logger.progress.tasks[0].fields["status"]
+    assert status == "epoch 1/3  loss 0.9"  # nothing evaluated yet
+    scalars = {"train_loss": 0.8, "val_loss": 0.7, "val_accuracy": 0.61, "step": 10}
+    logger.on_epoch_end(1, scalars)
+    logger.on_log(15, 2, {"loss": 0.5})  # mid-epoch: the last evaluation stays on screen
+    status = logger.progress.tasks[0].fields["status"]
+    assert status == "epoch 2/3  loss 0.5  val_loss 0.7  val_accuracy 0.61"
+    assert any(type(c).__name__ == "TimeRemainingColumn" for c in logger.progress.columns)
+    logger.on_fit_end(None)

@@ -16,7 +16,14 @@ from typing import Any, NamedTuple, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
@@ -260,17 +267,23 @@ def trim_events(run_dir: Path, step: int, epochs: int) -> None:
 
 
 class ConsoleLogger(Callback):
-    """A rich progress bar with the live loss, then a one-run summary table."""
+    """A rich progress bar (elapsed time and ETA) with the live training loss and the latest
+    validation loss and primary metric, which stay shown until the next evaluation; then a
+    one-run summary table."""
 
-    def __init__(self, console: Console, title: str) -> None:
+    def __init__(self, console: Console, title: str, primary_metric: str = "") -> None:
         self.console = console
         self.title = title
+        self.primary_metric = primary_metric
+        self.validation = ""  # the latest evaluation, shown between evaluations
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             console=console,
             transient=False,
         )
@@ -282,13 +295,18 @@ class ConsoleLogger(Callback):
         self.plan = plan
 
     def on_log(self, step: int, epoch: int, scalars: dict[str, float]) -> None:
-        status = f"epoch {epoch}/{self.plan.epochs}  loss {scalars['loss']:.4g}"
+        status = f"epoch {epoch}/{self.plan.epochs}  loss {scalars['loss']:.4g}{self.validation}"
         self.progress.update(self.task, completed=step, status=status)
 
     def on_epoch_end(self, epoch: int, scalars: dict[str, float]) -> None:
-        status = f"epoch {epoch}/{self.plan.epochs}  loss {scalars['train_loss']:.4g}"
         if "val_loss" in scalars:
-            status += f"  val {scalars['val_loss']:.4g}"
+            self.validation = f"  val_loss {scalars['val_loss']:.4g}"
+            primary = f"val_{self.primary_metric}"
+            if primary in scalars and primary != "val_loss":
+                self.validation += f"  {primary} {scalars[primary]:.4g}"
+        status = (
+            f"epoch {epoch}/{self.plan.epochs}  loss {scalars['train_loss']:.4g}{self.validation}"
+        )
         self.progress.update(self.task, completed=scalars["step"], status=status)
 
     def on_fit_end(self, result: FitResult | None) -> None:

@@ -172,7 +172,7 @@ class Loggers:
             TensorBoardLogger(job.run_dir, hparams, resume_at) if team.main else NullLogger()
         )
         console = job.console or make_console(quiet=not team.main)
-        self.console = ConsoleLogger(console, job.title)
+        self.console = ConsoleLogger(console, job.title, PRIMARY_METRIC[setup.data.spec.task])
 
     def __enter__(self) -> Loggers:
         return self
