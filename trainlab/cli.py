@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from trainlab import resolvers, runlog
-from trainlab.config_keys import shell_override
+from trainlab.config_keys import override_key, shell_override
 from trainlab.errors import SharedError, UserError
 from trainlab.failures import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from trainlab.hydra_internals import mode_known
@@ -112,7 +112,7 @@ def _name_members_by_what_varies(argv: list[str]) -> None:
     from trainlab.hydra_internals import parse_command_line
 
     args = parse_command_line(argv[1:])
-    if not args.multirun or any(o.startswith(EXCLUDED_FROM_NAMES) for o in args.overrides):
+    if not args.multirun or any(override_key(o) == EXCLUDED_FROM_NAMES for o in args.overrides):
         return
     try:
         parsed = OverridesParser.create().parse_overrides(list(args.overrides))

@@ -9,6 +9,12 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+# Keys that change where or how a run executes, never its numbers (not part of an experiment).
+RUNTIME_ONLY = (
+    "dataset.root", "dataset.download", "resume", "checkpoint", "cpu_threads", "members_per_gpu",
+    "report",
+)  # fmt: skip
+
 # What Hydra reads as a plain value (a conservative subset: a sweep member's folder name holds
 # = and , which Hydra reads as syntax).
 _PLAIN_VALUE = re.compile(r"[\w/.\-]+")

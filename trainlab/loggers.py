@@ -68,11 +68,15 @@ def hparams_of(
 ) -> dict[str, Any]:
     """The numbers and choices a sweep compares runs by (HParams dashboard columns)."""
     values: dict[str, Any] = {group: config[group]["name"] for group in GROUPS}
-    values.update(  # the lr under the key a sweep sets it by: one column, not lr and optimizer.lr
-        {"task": spec.task, "optimizer.lr": config.optimizer.get("lr", 0.0)},
-        batch_size=batch_size,
-        epochs=config.epochs,
-        seed=config.seed,
+    values.update(
+        {
+            "task": spec.task,
+            # The lr under the key a sweep sets it by: one column, not lr and optimizer.lr.
+            "optimizer.lr": config.optimizer.get("lr", 0.0),
+            "batch_size": batch_size,
+            "epochs": config.epochs,
+            "seed": config.seed,
+        }
     )
     values.update(swept_values(config, overrides))
     return {

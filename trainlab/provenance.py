@@ -20,13 +20,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import trainlab
+from trainlab.config_keys import RUNTIME_ONLY
 
 # Keys that say where things are, not what the experiment is: left out of the config hash.
-# Keys that change where or how a run executes, never its numbers.
-RUNTIME_ONLY = (
-    "dataset.root", "dataset.download", "resume", "checkpoint", "cpu_threads", "members_per_gpu",
-    "report",
-)  # fmt: skip
 PACKAGES = ("trainlab", "torch", "torchvision", "hydra-core", "omegaconf", "tensorboard")
 
 

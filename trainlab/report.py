@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from rich.table import Table
 
-from trainlab.config_keys import flatten
+from trainlab.config_keys import RUNTIME_ONLY, flatten
 from trainlab.console import make_console
 from trainlab.errors import path_error
 from trainlab.stats import Summary, compare, summarize
@@ -116,25 +116,13 @@ def _identity(config: dict[str, Any]) -> str:
     """Runs of one experiment but for their seed have the same identity ("" without a config)."""
     if not config:
         return ""
-    flat = {
-        key: value
-        for key, value in flatten(config).items()
-        if key != "seed"
-        and key.split(".")[0] not in IDENTITY_IGNORES
-        and key not in IDENTITY_IGNORES
-    }
+    flat = {key: value for key, value in flatten(config).items() if not _ignored(key)}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _ignored(key: str) -> bool:
-    return key in IDENTITY_IGNORES or key.split(".")[0] in IDENTITY_IGNORES
-
-
-# Keys that do not make another experiment (trainlab.provenance.RUNTIME_ONLY, which imports more).
-IDENTITY_IGNORES = (
-    "dataset.root", "dataset.download", "resume", "checkpoint", "cpu_threads", "members_per_gpu",
-    "report",
-)  # fmt: skip
+    """seed (aggregated over) and the keys that make no other experiment."""
+    return key == "seed" or key in RUNTIME_ONLY or key.split(".")[0] in RUNTIME_ONLY
 
 
 def natural_key(text: str) -> list[tuple[int, float, str]]:
@@ -182,7 +170,7 @@ def swept_keys(runs: list[Run]) -> list[str]:
     return [
         key
         for key in keys
-        if key != "seed" and not _ignored(key) and len({run.overrides.get(key) for run in runs}) > 1
+        if not _ignored(key) and len({run.overrides.get(key) for run in runs}) > 1
     ]
 
 

@@ -15,12 +15,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab.checkpoint import CheckpointError, restore_rng_states, rng_states
-from trainlab.config_keys import differences, override_key, sets_a_value
+from trainlab.config_keys import RUNTIME_ONLY, differences, override_key, sets_a_value
 from trainlab.distributed import Processes, gather
 from trainlab.engine import FitState
 from trainlab.errors import UserError
 from trainlab.optim import LRSchedule
-from trainlab.provenance import RUNTIME_ONLY
 
 # What a resume may change: none of them alters the numbers already computed.
 CHANGEABLE_ON_RESUME = (
@@ -60,9 +59,11 @@ def config_for_resume(
     """The saved config, with the changeable keys the command line set; refuse any other change."""
     changed = []
     merged = OmegaConf.create(OmegaConf.to_container(saved, resolve=True))
-    for key in given:  # a setting added to trainlab since the run was made: its default
-        if key not in merged:
-            merged[key] = OmegaConf.to_container(given, resolve=True)[key]
+    added = [key for key in given if key not in merged]  # settings new since the run was made
+    if added:  # take their defaults
+        defaults = OmegaConf.to_container(given, resolve=True)
+        for key in added:
+            merged[key] = defaults[key]
     for key in _keys_set(overrides):
         if key == "experiment":
             changed.append("+experiment (a preset cannot change a run that exists)")

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trainlab import provenance, runlog
 from trainlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from trainlab.config_keys import differences, shell_override
+from trainlab.config_keys import RUNTIME_ONLY, differences, shell_override
 from trainlab.errors import UserError, first_line
 from trainlab.failures import Failure, Outcome, classify
 from trainlab.failures import decide as decide_outcome
@@ -252,7 +252,7 @@ def check_same_config(run_dir: Path, config: DictConfig, multirun: bool) -> None
     if provenance.config_hash(saved) == provenance.config_hash(config):
         return
     plain = [OmegaConf.to_container(c, resolve=True) for c in (saved, config)]
-    changed = differences(*plain, ignore=provenance.RUNTIME_ONLY)
+    changed = differences(*plain, ignore=RUNTIME_ONLY)
     where = "sweep into a new hydra.sweep.dir" if multirun else "choose another hydra.run.dir"
     raise UserError(f"{run_dir} holds a run of another config ({'; '.join(changed[:3])}); {where}")
 

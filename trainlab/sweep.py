@@ -95,7 +95,8 @@ class SweepSummary(Callback):
             _refuse(_IN_USE.format(sweep_dir=sweep_dir))
         except OutputError as error:  # a file system without locks
             if not existed:
-                sweep_dir.rmdir()
+                with contextlib.suppress(OSError):
+                    sweep_dir.rmdir()
             _refuse(str(error))
         except OSError as error:  # a path that changed since the preflight looked
             problem = path_error(error)
