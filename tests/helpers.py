@@ -258,3 +258,28 @@ needs_plugin = {
 
 # Overrides that make a run take well under a second.
 TINY = ("dataset.train_size=256", "dataset.val_size=128", "dataset.test_size=128", "epochs=3")
+
+
+def tensorboard_experiment(logdir: Path):
+    """The HParams dashboard's experiment as TensorBoard's own backend builds it for ``logdir``
+    (its hparam and metric columns, in the order the dashboard takes them)."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    hparams = backend_context.Context(
+        base_plugin.TBContext(logdir=str(logdir), multiplexer=multiplexer, data_provider=provider)
+    )
+    request = context.RequestContext()
+    return hparams.experiment_from_metadata(
+        request,
+        "",
+        True,
+        hparams.hparams_metadata(request, ""),
+        hparams.hparams_from_data_provider(request, "", None),
+    )

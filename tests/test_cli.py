@@ -14,8 +14,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tests.helpers import TINY, member_metrics, run_cli, start_cli
+from tests.helpers import TINY, member_metrics, run_cli, start_cli, tensorboard_experiment
 from tests.image_files import write_idx_dataset
+from trainlab.config_keys import GROUPS
 
 EXPECTED_TAGS = {
     "train/loss",
@@ -125,6 +126,17 @@ def test_multirun_2x2_has_readable_run_names_and_comparable_hparams(tmp_path):
             float(name.split("optimizer.lr=")[1].split(",")[0])
         )
     assert "sweep" in result.stdout and result.stdout.count("completed") >= 4
+    # HParams, as TensorBoard's backend reads the folder: the group choices and the swept keys
+    # once each (swept first, which the dashboard ticks), the final numbers as metric columns.
+    experiment = tensorboard_experiment(sweep)
+    columns = [(info.name, info.differs) for info in experiment.hparam_infos]
+    assert columns[:2] == [("loss", True), ("optimizer.lr", True)]
+    assert {name for name, _ in columns} == {*GROUPS, "optimizer.lr"}
+    metrics = [info.name.tag for info in experiment.metric_infos]
+    assert metrics[:4] == [
+        "final/val_accuracy", "final/test_accuracy", "final/best_val_loss", "final/epochs_run"
+    ]  # fmt: skip
+    assert all(tag.startswith("final/") for tag in metrics)
 
 
 def test_preflight_refuses_a_sweep_with_one_bad_member_before_any_runs(tmp_path):

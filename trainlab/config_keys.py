@@ -9,6 +9,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+# The config groups whose choices make up a run's recipe.
+GROUPS = ("dataset", "model", "loss", "optimizer", "schedule", "regularizer")
+
 # Keys that change where or how a run executes, never its numbers (not part of an experiment).
 RUNTIME_ONLY = (
     "dataset.root", "dataset.download", "resume", "checkpoint", "cpu_threads", "members_per_gpu",

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from trainlab.config_keys import GROUPS
 from trainlab.data import DatasetSpec, describe_dataset
 from trainlab.errors import ConfigError, first_line
 from trainlab.losses import LossFn, build_loss
@@ -28,7 +29,6 @@ from trainlab.regularizers import Penalty, build_regularizer
 from trainlab.settings import check_settings, non_negative, require
 
 log = logging.getLogger("trainlab")
-GROUPS = ("dataset", "model", "loss", "optimizer", "schedule", "regularizer")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from trainlab.config_keys import override_key
+from trainlab.config_keys import GROUPS, override_key
 from trainlab.data import DatasetSpec
 from trainlab.engine import Callback, FitResult
 from trainlab.files import atomic_write
@@ -39,7 +39,6 @@ from trainlab.optim import TrainingPlan
 
 log = logging.getLogger("trainlab")
 T = TypeVar("T")
-GROUPS = ("dataset", "model", "loss", "optimizer", "schedule", "regularizer")
 
 
 def swept_values(config: DictConfig, overrides: list[str]) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from rich.table import Table
 
 from trainlab.config_keys import RUNTIME_ONLY, flatten
 from trainlab.console import make_console
-from trainlab.errors import path_error
+from trainlab.errors import UserError, path_error
+from trainlab.hparams_view import write_view
 from trainlab.stats import Summary, compare, summarize
 
 LOWER_IS_BETTER = ("loss", "mse", "mae")
@@ -470,13 +471,18 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
         plot_curves(root / "val_curves.png", runs, primary, keys)
         if len(keys) == 2:
             plot_heatmap(root / "heatmap.png", keys, groups, metric)
+    write_view(root, [run.metrics for run in runs])  # TensorBoard's HParams columns
     console.print(ranked_table(f"{len(runs)} runs in {root}", groups, keys, columns, metric))
     console.print(f"ranked by {metric}: {why}", soft_wrap=True)
     said = answer(groups, metric, keys)
     if said:
         console.print(said, soft_wrap=True)
     written = [name for name in REPORT_FILES if (root / name).exists()]
-    console.print(f"wrote {', '.join(written)} in {root} (with every metric)", soft_wrap=True)
+    console.print(
+        f"wrote {', '.join(written)} in {root} (with every metric), and the HParams dashboard's "
+        "columns for TensorBoard",
+        soft_wrap=True,
+    )
     return groups
 
 
@@ -554,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         report(args.path, args.metric, plots=not args.no_plots)
-    except ReportError as error:
+    except (ReportError, UserError) as error:  # UserError: a view file that cannot be written
         print(f"trainlab-report: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except OSError as error:  # the report's own files: a read-only folder, a full disk...

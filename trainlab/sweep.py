@@ -11,11 +11,13 @@ from typing import Any, NoReturn
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from rich.console import Console
 from rich.table import Table
 
 from trainlab.console import make_console
-from trainlab.errors import path_error
+from trainlab.errors import UserError, path_error
 from trainlab.files import FolderLocked, OutputError, lock_folder
+from trainlab.hparams_view import write_view
 from trainlab.report import Group, Run, default_metric, find_runs, rank
 
 LOCK_NAME = ".trainlab.lock"
@@ -48,6 +50,15 @@ def summary_table(runs: list[Run], title: str) -> Table:
             style="bold green" if best else None,
         )
     return table
+
+
+def _write_hparams_view(sweep_dir: Path, console: Console) -> None:
+    """TensorBoard's HParams columns for every run in the folder (earlier sweeps' too: the
+    dashboard shows them all). The members' results are already safe: a failure is a note."""
+    try:
+        write_view(sweep_dir, [run.metrics for run in find_runs(sweep_dir)])
+    except UserError as error:
+        console.print(f"note: the HParams view was not written: {error}", soft_wrap=True)
 
 
 def sweep_in_use(sweep_dir: Path) -> str | None:
@@ -114,6 +125,7 @@ class SweepSummary(Callback):
         runs = find_runs(sweep_dir, self.member_dirs or None)
         console = make_console()
         console.print(summary_table(runs, f"sweep {sweep_dir}"))
+        _write_hparams_view(sweep_dir, console)
         failed = [run.name for run in runs if run.status == "failed"]
         if failed:
             console.print(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")

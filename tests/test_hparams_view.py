@@ -1,0 +1,72 @@
+"""TensorBoard's HParams columns for a folder of runs: the results, and what differs."""
+
+from __future__ import annotations
+
+from tensorboard.plugins.hparams import api_pb2
+
+from tests.helpers import tensorboard_experiment
+from trainlab.hparams_view import VIEW_FILE, hparam_infos, metric_tags, write_view
+
+GROUP_CHOICES = {
+    "dataset": "synthetic", "model": "mlp", "loss": "mse", "optimizer": "adam",
+    "schedule": "constant", "regularizer": "none",
+}  # fmt: skip
+
+
+def result(lr: float, seed: int, loss: str = "mse", status: str = "completed") -> dict:
+    hparams = {**GROUP_CHOICES, "loss": loss, "optimizer.lr": lr, "seed": seed}
+    hparams.update({"batch_size": 64, "epochs": 5, "task": "regression"})  # constants
+    return {
+        "status": status,
+        "primary_metric": "mse",
+        "hparams": hparams,
+        "val": {"loss": 1.0, "mse": 1.0, "mae": 0.5},
+        "test": {"loss": 1.1, "mse": 1.1, "mae": 0.6},
+        "best_val_loss": 0.9,
+        "epochs_run": 5,
+    }
+
+
+def test_columns_are_the_group_choices_and_what_differs_once_each():
+    runs = [result(lr, seed, loss) for lr in (1e-3, 1e-2) for seed in (0, 1) for loss in "ab"]
+    infos = {info.name: info for info in hparam_infos(runs)}
+    assert set(infos) == {*GROUP_CHOICES, "optimizer.lr", "seed"}  # no batch_size, epochs, task
+    assert [name for name, info in infos.items() if info.differs] == [
+        "loss",
+        "optimizer.lr",
+        "seed",
+    ]
+    assert infos["optimizer.lr"].type == api_pb2.DATA_TYPE_FLOAT64
+    assert infos["loss"].type == api_pb2.DATA_TYPE_STRING
+    assert list(infos["loss"].domain_discrete.values) != []
+    assert sorted(v.string_value for v in infos["loss"].domain_discrete.values) == ["a", "b"]
+
+
+def test_a_key_only_some_runs_have_differs():
+    runs = [result(1e-3, 0), result(1e-3, 0)]
+    runs[1]["hparams"]["regularizer.strength"] = 0.1
+    infos = {info.name: info for info in hparam_infos(runs)}
+    assert infos["regularizer.strength"].differs
+
+
+def test_metrics_put_the_primary_metric_first_and_skip_unfinished_runs():
+    assert metric_tags([result(1e-3, 0)]) == [
+        "final/val_mse", "final/test_mse", "final/best_val_loss", "final/epochs_run",
+        "final/val_loss", "final/test_loss", "final/val_mae", "final/test_mae",
+    ]  # fmt: skip
+    interrupted = {**result(1e-3, 0, status="interrupted"), "val": {"odd": 1.0}}
+    assert "final/val_odd" not in metric_tags([interrupted, result(1e-3, 1)])
+
+
+def test_tensorboard_reads_the_view_it_is_given(tmp_path):
+    assert write_view(tmp_path, [{"status": "failed"}]) is None  # nothing to show yet
+    assert write_view(tmp_path, [result(1e-3, 0), result(1e-2, 0)]) == tmp_path / VIEW_FILE
+    experiment = tensorboard_experiment(tmp_path)
+    assert [info.name for info in experiment.hparam_infos if info.differs] == ["optimizer.lr"]
+    assert [info.name.tag for info in experiment.metric_infos][:2] == [
+        "final/val_mse", "final/test_mse"
+    ]  # fmt: skip
+    write_view(tmp_path, [result(1e-3, 0), result(1e-3, 1)])  # replaced whole, one file
+    assert [path.name for path in tmp_path.iterdir()] == [VIEW_FILE]
+    experiment = tensorboard_experiment(tmp_path)
+    assert [info.name for info in experiment.hparam_infos if info.differs] == ["seed"]
