@@ -6,6 +6,7 @@ from tensorboard.plugins.hparams import api_pb2
 
 from tests.helpers import tensorboard_experiment
 from trainlab.hparams_view import VIEW_FILE, hparam_infos, metric_tags, write_view
+from trainlab.tfrecord import crc32c, frame, masked_crc32c
 
 GROUP_CHOICES = {
     "dataset": "synthetic", "model": "mlp", "loss": "mse", "optimizer": "adam",
@@ -70,3 +71,10 @@ def test_tensorboard_reads_the_view_it_is_given(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == [VIEW_FILE]
     experiment = tensorboard_experiment(tmp_path)
     assert [info.name for info in experiment.hparam_infos if info.differs] == ["seed"]
+
+
+def test_tfrecord_checksums_are_crc32c_as_tensorflow_masks_them():
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert masked_crc32c(b"") == 0xA282EAD8  # TFRecord's mask of crc32c(b"") == 0
+    record = frame(b"payload")
+    assert len(record) == 8 + 4 + 7 + 4 and record[12:19] == b"payload"

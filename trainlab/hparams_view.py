@@ -18,15 +18,15 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
-
-from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary
-from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-from tensorboard.summary.writer.record_writer import RecordWriter
+from typing import IO, TYPE_CHECKING, Any
 
 from trainlab.config_keys import GROUPS
 from trainlab.files import atomic_write
+from trainlab.tfrecord import frame
+
+if TYPE_CHECKING:  # the protobuf modules are imported when a view is written
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import api_pb2
 
 # "tfevents" in the name makes TensorBoard read it; nothing else writes a file of this name.
 VIEW_FILE = "events.out.tfevents.0.trainlab-hparams"
@@ -35,6 +35,7 @@ Results = Mapping[str, Any]  # a run's metrics.json
 
 def hparam_infos(runs: Sequence[Results]) -> list[api_pb2.HParamInfo]:
     """The config groups' choices, then every hparam whose value differs between the runs."""
+
     keys = dict.fromkeys(key for run in runs for key in run.get("hparams") or {})
     values: dict[str, list[Any]] = {key: [] for key in keys}
     for run in runs:
@@ -50,6 +51,8 @@ def hparam_infos(runs: Sequence[Results]) -> list[api_pb2.HParamInfo]:
 
 
 def _hparam_info(key: str, values: list[Any], differs: bool) -> api_pb2.HParamInfo:
+    from tensorboard.plugins.hparams import api_pb2
+
     info = api_pb2.HParamInfo(name=key, differs=differs)
     if values and all(isinstance(v, bool) for v in values):
         info.type = api_pb2.DATA_TYPE_BOOL
@@ -80,6 +83,9 @@ def metric_tags(runs: Sequence[Results]) -> list[str]:
 
 def experiment_summary(runs: Sequence[Results]) -> Summary:
     """TensorBoard's ``_hparams_/experiment`` summary for these runs."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
     experiment = api_pb2.Experiment(
         name="trainlab",
         time_created_secs=time.time(),
@@ -88,11 +94,10 @@ def experiment_summary(runs: Sequence[Results]) -> Summary:
             api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metric_tags(runs)
         ],
     )
-    content = plugin_data_pb2.HParamsPluginData(
-        experiment=experiment, version=metadata.PLUGIN_DATA_VERSION
-    )
-    meta = metadata.create_summary_metadata(content)
-    return Summary(value=[Summary.Value(tag=metadata.EXPERIMENT_TAG, metadata=meta)])
+    content = plugin_data_pb2.HParamsPluginData(experiment=experiment, version=0)
+    plugin = SummaryMetadata.PluginData(plugin_name="hparams", content=content.SerializeToString())
+    meta = SummaryMetadata(plugin_data=plugin)
+    return Summary(value=[Summary.Value(tag="_hparams_/experiment", metadata=meta)])
 
 
 def write_view(folder: Path, runs: Sequence[Results]) -> Path | None:
@@ -100,10 +105,12 @@ def write_view(folder: Path, runs: Sequence[Results]) -> Path | None:
     has hparams yet."""
     if not any(run.get("hparams") for run in runs):
         return None
+    from tensorboard.compat.proto.event_pb2 import Event
+
     event = Event(wall_time=time.time(), step=0, summary=experiment_summary(runs))
 
     def write(file: IO[bytes]) -> None:
-        RecordWriter(file).write(event.SerializeToString())
+        file.write(frame(event.SerializeToString()))
 
     path = folder / VIEW_FILE
     atomic_write(path, write)

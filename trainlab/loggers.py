@@ -26,7 +26,6 @@ from rich.progress import (
 )
 from rich.table import Table
 from tensorboard.compat.proto import event_pb2
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
@@ -36,6 +35,7 @@ from trainlab.data import DatasetSpec
 from trainlab.engine import Callback, FitResult
 from trainlab.files import atomic_write
 from trainlab.optim import TrainingPlan
+from trainlab.tfrecord import masked_crc32c
 
 log = logging.getLogger("trainlab")
 T = TypeVar("T")
