@@ -127,13 +127,18 @@ def test_report_on_a_real_sweep_with_diverging_members(tmp_path, capsys):
     assert "ranked by val_accuracy" in markdown and markdown.count("diverged x2") == 2
     best = rows[0]
     assert f"| 1 | {best['model.activation']} | {best['optimizer.lr']} | 2 |" in markdown
-    for image in ("val_curves.png", "heatmap.png"):  # two swept axes: activation x lr
+    pictures = (
+        "sensitivity_val_accuracy.png",
+        "curves_val_accuracy.png",
+        "heatmap_val_accuracy.png",
+    )
+    for image in pictures:  # two swept axes, one numeric: activation x lr
         assert (sweep / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     before = {name: (sweep / name).read_bytes() for name in ("summary.csv", "summary.md")}
     report(sweep, plots=False)  # again: the same files, nothing picked up from the report itself
     assert {name: (sweep / name).read_bytes() for name in before} == before
-    assert not (sweep / "val_curves.png").exists()
+    assert not any((sweep / image).exists() for image in pictures)
 
 
 def test_report_includes_running_and_failed_members(tmp_path):

@@ -27,10 +27,11 @@ from trainlab.config_keys import RUNTIME_ONLY, flatten
 from trainlab.console import make_console
 from trainlab.errors import UserError, path_error
 from trainlab.hparams_view import write_view
+from trainlab.report_plots import plot_files, write_plots
 from trainlab.stats import Summary, compare, summarize
 
 LOWER_IS_BETTER = ("loss", "mse", "mae")
-REPORT_FILES = ("summary.csv", "summary.md", "val_curves.png", "heatmap.png")
+REPORT_FILES = ("summary.csv", "summary.md")  # and the pictures of trainlab.report_plots
 
 
 @dataclass
@@ -348,7 +349,7 @@ def write_markdown(
     path.write_text("\n".join(lines) + "\n")
 
 
-def _curve(run: Run, tag: str) -> tuple[list[int], list[float]]:
+def curve(run: Run, tag: str) -> tuple[list[int], list[float]]:
     """A scalar series from the run's TensorBoard events, else from metrics.json's history."""
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -368,76 +369,6 @@ def _curve(run: Run, tag: str) -> tuple[list[int], list[float]]:
         if v is not None
     ]
     return [e for e, _ in pairs], [v for _, v in pairs]
-
-
-def _label(run: Run, keys: list[str]) -> str:
-    """A run's swept values (and seed), shorter than its folder name."""
-    parts = [f"{key}={run.overrides[key]}" for key in [*keys, "seed"] if key in run.overrides]
-    return ",".join(parts) or run.name
-
-
-def plot_curves(path: Path, runs: list[Run], metric_name: str, keys: list[str]) -> None:
-    """Validation loss and metric per epoch, every run overlaid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for axis, tag in zip(axes, ("epoch/val_loss", f"epoch/val_{metric_name}"), strict=True):
-        for run in runs:
-            steps, values = _curve(run, tag)
-            if steps:
-                axis.plot(steps, values, label=_label(run, keys), linewidth=1.2)
-        axis.set_xlabel("epoch")
-        axis.set_title(tag.split("/", 1)[1])
-        axis.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        figure.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
-        figure.subplots_adjust(bottom=0.12 + 0.025 * math.ceil(len(labels) / 2))
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def plot_heatmap(
-    path: Path, keys: list[str], groups: list[Group], metric: str
-) -> list[list[float | None]]:
-    """The metric's mean over the grid of the two swept axes; returns the grid it drew."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = sorted({g.params[0] for g in groups}, key=natural_key)
-    columns = sorted({g.params[1] for g in groups}, key=natural_key)
-    by_params = {g.params: g.mean_std(metric)[0] for g in groups}
-    grid = [[by_params.get((r, c)) for c in columns] for r in rows]
-    figure, axis = plt.subplots(figsize=(1.6 * len(columns) + 3, 0.7 * len(rows) + 2.5))
-    image = axis.imshow(
-        [[math.nan if v is None else v for v in row] for row in grid], cmap="viridis", aspect="auto"
-    )
-    axis.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
-    axis.set_yticks(range(len(rows)), rows)
-    axis.set_xlabel(keys[1])
-    axis.set_ylabel(keys[0])
-    for i, row in enumerate(grid):
-        for j, value in enumerate(row):
-            axis.text(
-                j,
-                i,
-                "-" if value is None else f"{value:.3f}",
-                ha="center",
-                va="center",
-                color="w",
-                fontsize=8,
-            )
-    figure.colorbar(image, ax=axis, label=metric)
-    axis.set_title(f"{metric} (mean over seeds)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return grid
 
 
 def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Group]:
@@ -462,22 +393,24 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
     groups = rank(group_runs(runs, keys), metric)
     write_csv(root / "summary.csv", keys, groups, columns, metric)
     write_markdown(root / "summary.md", keys, groups, columns, metric, why)
-    for stale in REPORT_FILES[2:]:
+    primary = next(
+        (r.metrics["primary_metric"] for r in runs if r.metrics.get("primary_metric")), "loss"
+    )
+    for stale in plot_files(metric, primary):  # never a picture of an earlier state
         (root / stale).unlink(missing_ok=True)
-    if plots:
-        primary = next(
-            (r.metrics["primary_metric"] for r in runs if r.metrics.get("primary_metric")), "loss"
-        )
-        plot_curves(root / "val_curves.png", runs, primary, keys)
-        if len(keys) == 2:
-            plot_heatmap(root / "heatmap.png", keys, groups, metric)
+    pictures = (
+        write_plots(root, groups, keys, metric, primary, not larger_is_better(metric), curve)
+        if plots
+        else []
+    )
     write_view(root, [run.metrics for run in runs])  # TensorBoard's HParams columns
-    console.print(ranked_table(f"{len(runs)} runs in {root}", groups, keys, columns, metric))
+    title = f"{len(runs)} runs in {root}"
+    console.print(ranked_table(title, groups, keys, columns, metric, console.width))
     console.print(f"ranked by {metric}: {why}", soft_wrap=True)
     said = answer(groups, metric, keys)
     if said:
         console.print(said, soft_wrap=True)
-    written = [name for name in REPORT_FILES if (root / name).exists()]
+    written = [*REPORT_FILES, *pictures]
     console.print(
         f"wrote {', '.join(written)} in {root} (with every metric), and the HParams dashboard's "
         "columns for TensorBoard",
@@ -487,22 +420,51 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
 
 
 def ranked_table(
-    title: str, groups: list[Group], keys: list[str], columns: list[str], metric: str
-) -> Table:
+    title: str, groups: list[Group], keys: list[str], columns: list[str], metric: str,
+    width: int = 120,
+) -> Table:  # fmt: skip
     """The console's table: the ranked metric on validation and test (the files hold every
-    metric), so that it fits a terminal."""
+    metric), so that it fits a terminal ``width`` wide. A column per swept key when they fit,
+    else one configuration column of ``key=value`` words wrapped between words (narrow
+    columns would break them letter by letter)."""
     name = metric.partition("_")[2]
     shown = [c for c in dict.fromkeys([metric, f"val_{name}", f"test_{name}"]) if c in columns]
+    if width < 100:
+        shown = shown[:1]  # a narrow terminal: the ranked metric only
+    ranked = list(zip(groups, verdicts(groups, metric), strict=True))
+    rows = [
+        [str(position), str(len(group.runs)), group.status, verdict]
+        + [_format(*group.mean_std(c), len(group.values(c))) for c in shown]
+        for position, (group, verdict) in enumerate(ranked, 1)
+    ]
+    headers = ["#", "runs", "status", "vs best", *shown]
+    with_params = [[*row, *group.params] for row, (group, _) in zip(rows, ranked, strict=True)]
+    separate = bool(keys) and _width(with_params, [*headers, *keys]) <= width
+    params = (
+        [list(g.params) for g, _ in ranked]
+        if separate
+        else [[g.label(keys).replace(",", " ")] for g, _ in ranked]
+    )
     table = Table(title=f"{title}, ranked by {metric}")
-    for header in ("#", *keys, "runs", "status", "vs best", *shown):
+    table.add_column("#", justify="right", no_wrap=True)
+    for header in keys if separate else ["configuration"]:
         table.add_column(header, overflow="fold")
-    ranked = zip(groups, verdicts(groups, metric), strict=True)
-    for position, (group, verdict) in enumerate(ranked, 1):
-        cells = [_format(*group.mean_std(c), len(group.values(c))) for c in shown]
-        table.add_row(
-            str(position), *group.params, str(len(group.runs)), group.status, verdict, *cells
-        )
+    table.add_column("runs", justify="right", no_wrap=True)
+    # Otherwise rich narrows every wrapping column alike: these give the configuration room.
+    narrow = {} if separate else {"status": 14, "vs best": 11, "metric": 9}
+    table.add_column("status", overflow="fold", max_width=narrow.get("status"))
+    table.add_column("vs best", overflow="fold", max_width=narrow.get("vs best"))
+    for header in shown:  # "0.0530 ± 0.0027" may wrap before the ± in a narrow terminal
+        table.add_column(header, justify="right", no_wrap=separate, max_width=narrow.get("metric"))
+    for row, param in zip(rows, params, strict=True):
+        table.add_row(row[0], *param, *row[1:])
     return table
+
+
+def _width(rows: list[list[str]], headers: list[str]) -> int:
+    """The width a table needs to show every cell on one line."""
+    widest = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+    return sum(widest) + 3 * len(headers) + 1
 
 
 def provenance_table(root: Path) -> Table:
