@@ -1,4 +1,4 @@
-"""Print the loss x task table (Markdown) from the loss registry; README.md carries its output."""
+"""Print the loss x task table (Markdown) from the loss registry; docs/configuration.md carries its output."""
 
 from __future__ import annotations
 

@@ -108,7 +108,7 @@ def _end_leftovers() -> None:
             process.kill()
 
 
-def _server():
+def forkserver():
     """A forkserver that has imported torch, Hydra and trainlab once (tests/cli_child.py)."""
     global _SERVER
     if _SERVER is None:
@@ -128,7 +128,7 @@ class CliProcess:
         self._files = tempfile.mkdtemp(prefix="trainlab-cli-")
         self._out, self._err = (os.path.join(self._files, name) for name in ("out", "err"))
         environ = {**ENV, **(env or {})}
-        self._process = _server().Process(
+        self._process = forkserver().Process(
             target=cli_child.run,
             args=(self.args, str(cwd), environ, self._out, self._err, driver),
         )
@@ -157,9 +157,26 @@ class CliProcess:
         return outputs  # type: ignore[return-value]
 
 
+def map_in_workers(function, items: list, workers: int = 2) -> list:
+    """``function(item)`` for every item, in warm forkserver workers (torch and trainlab
+    imported already), so that independent checks use both of the machine's cores."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=forkserver(), initializer=_one_thread
+    ) as pool:
+        return list(pool.map(function, items))
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # two workers on two cores: more threads would fight
+
+
 def start_child(target, *args):
     """``target(*args)`` started in a forkserver child (torch and trainlab imported already)."""
-    child = _server().Process(target=target, args=args)
+    child = forkserver().Process(target=target, args=args)
     child.start()
     _STARTED.append(child)
     return child
@@ -168,7 +185,7 @@ def start_child(target, *args):
 def run_in_children(target, *args, count: int = 2, timeout: float = 300) -> list[int]:
     """``target(*args)`` in ``count`` forkserver children at once (a module-level function,
     run with torch and trainlab already imported); their exit codes."""
-    children = [_server().Process(target=target, args=args) for _ in range(count)]
+    children = [forkserver().Process(target=target, args=args) for _ in range(count)]
     for child in children:
         child.start()
     for child in children:

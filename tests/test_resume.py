@@ -7,6 +7,7 @@ import json
 import signal
 import struct
 import subprocess
+import tempfile
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from tests.helpers import REPO, TINY, compose_config, run_cli, train_run
+from tests.helpers import REPO, TINY, compose_config, map_in_workers, run_cli, train_run
 from tests.image_files import write_idx_dataset
 from trainlab.checkpoint import load_checkpoint
 from trainlab.errors import UserError
@@ -350,24 +351,43 @@ def _quiet_run(overrides, run_dir, **options):
     return train_run(compose_config(*overrides), run_dir, **options)
 
 
-@pytest.mark.parametrize(
-    "option",
-    [f"{group}={p.stem}" for group in ("optimizer", "schedule", "regularizer")
-     for p in sorted((CONF / group).glob("*.yaml"))],
-)  # fmt: skip
-def test_every_optimizer_schedule_and_regularizer_resumes_exactly(option, tmp_path):
-    """Stop after the 5th step (a graceful stop checkpoints), resume, compare bit for bit."""
+OPTIONS = [
+    f"{group}={p.stem}"
+    for group in ("optimizer", "schedule", "regularizer")
+    for p in sorted((CONF / group).glob("*.yaml"))
+]
+
+
+def _stop_resume_and_compare(option: str) -> str | None:
+    """Stop after the 5th step (a graceful stop checkpoints), resume, compare bit for bit:
+    None when equal, else what differs."""
     overrides = [*RUN, "epochs=4", option]
     if option == "schedule=plateau":
         overrides.append("schedule.patience=0")  # so the plateau state matters
-    expected = _quiet_run(overrides, tmp_path / "a")
-    polls = iter(range(1000))
-    stop_after_fifth_step = lambda: next(polls) == 5  # noqa: E731  (one poll per step, and per epoch)
-    stopped = _quiet_run(overrides, tmp_path / "b", stop_requested=stop_after_fifth_step)
-    assert stopped["status"] == "interrupted"
-    _quiet_run(overrides, tmp_path / "b", resume=True)
-    assert_same_run(tmp_path / "b", tmp_path / "a")
-    assert expected["status"] in ("completed", "early_stopped")
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        expected = _quiet_run(overrides, root / "a")
+        polls = iter(range(1000))
+        stop_after_fifth_step = lambda: next(polls) == 5  # noqa: E731  (one poll per step, and per epoch)
+        stopped = _quiet_run(overrides, root / "b", stop_requested=stop_after_fifth_step)
+        if stopped["status"] != "interrupted":
+            return f"not stopped: {stopped['status']}"
+        _quiet_run(overrides, root / "b", resume=True)
+        try:
+            assert_same_run(root / "b", root / "a")
+        except AssertionError as difference:
+            return f"the resumed run differs: {difference}"
+    return None if expected["status"] in ("completed", "early_stopped") else expected["status"]
+
+
+@pytest.fixture(scope="module")
+def stopped_and_resumed() -> dict[str, str | None]:
+    return dict(zip(OPTIONS, map_in_workers(_stop_resume_and_compare, OPTIONS), strict=True))
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_every_optimizer_schedule_and_regularizer_resumes_exactly(option, stopped_and_resumed):
+    assert stopped_and_resumed[option] is None, stopped_and_resumed[option]
 
 
 def test_a_run_stopped_at_an_epochs_last_step_resumes_without_a_schedule_warning(tmp_path):

@@ -71,6 +71,12 @@ def test_the_report_marks_what_is_not_significantly_worse_and_answers_in_one_lin
     clear = answer([huber, mse], "test_mse", keys)
     assert clear.startswith("loss=huber beats loss=mse on test_mse by 0.115 ± ")
     assert clear.endswith(", 95 % CI, 3 seeds (Welch's t-test p<0.001)")
+    # One-sided p=0.034 (so mse is marked worse than the best), two-sided 0.067: the 95 %
+    # interval of the difference holds zero, so the line claims no win.
+    close = [_group("huber", [1.78, 1.82]), _group("mse", [1.95, 1.96])]
+    assert verdicts(close, "test_mse")[1] == "worse (p=0.0336)"
+    assert "not significantly ahead" in answer(close, "test_mse", keys)
+    assert "(by 0.155 ± 0.2, 95 % CI, 2 seeds; p=0.0673)" in answer(close, "test_mse", keys)
     alone = answer([_group("huber", [0.2]), _group("mse", [0.3])], "test_mse", keys)
     assert "with one seed there is no confidence to give" in alone
 

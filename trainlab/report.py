@@ -274,14 +274,14 @@ def answer(groups: list[Group], metric: str, keys: list[str]) -> str | None:
         )
     seeds = f"{best.n} seeds" if best.n == other.n else f"{best.n} and {other.n} seeds"
     gap = f"{comparison.difference:.3g} ± {comparison.ci:.2g}, 95 % CI, {seeds}"
-    if comparison.significant:
-        return (
-            f"{names[0]} beats {names[1]} on {metric} by {gap} (Welch's t-test "
-            f"{p_value(comparison.p)})"
-        )
+    # A claim of a difference is two-sided, like its interval: "beats" when the interval
+    # excludes zero (the one-sided ≈ best marks ask only whether a run is worse than the best).
+    two_sided = p_value(min(1.0, 2 * comparison.p))
+    if comparison.difference - comparison.ci > 0:
+        return f"{names[0]} beats {names[1]} on {metric} by {gap} (Welch's t-test {two_sided})"
     return (
         f"{names[0]} ranks first on {metric}, but not significantly ahead of {names[1]} "
-        f"(by {gap}; {p_value(comparison.p)}): more seeds may tell them apart"
+        f"(by {gap}; {two_sided}): more seeds may tell them apart"
     )
 
 
@@ -497,8 +497,8 @@ def provenance_table(root: Path) -> Table:
     return table
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point: ``trainlab-report PATH [--metric NAME] [--no-plots]``."""
+def parser() -> argparse.ArgumentParser:
+    """trainlab-report's command line."""
     parser = argparse.ArgumentParser(
         prog="trainlab-report", description="Compare the runs of a sweep or a folder of runs."
     )
@@ -513,7 +513,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="only list what produced each run (provenance.json)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: ``trainlab-report PATH [--metric NAME] [--no-plots]``."""
+    args = parser().parse_args(argv)
     if not args.path.is_dir():
         print(f"trainlab-report: error: {args.path} is not a folder", file=sys.stderr)
         raise SystemExit(2)
