@@ -128,3 +128,21 @@ def test_a_folder_of_single_runs_groups_by_experiment_and_counts_an_attempt_once
     groups = {(g.params, tuple(r.name for r in g.runs)) for g in group_runs(runs, keys)}
     # cpu_threads does not make another experiment; the failed attempt gave way to its rerun.
     assert groups == {(("5",), ("10-05", "10-10", "10-20")), (("9",), ("11-00",))}
+
+
+def test_two_swept_keys_are_answered_per_setting_of_the_second_when_there_are_few():
+    from trainlab.report import Group, answers
+
+    def group(loss: str, level: str, values: list[float]) -> Group:
+        return Group((loss, level), _group(loss, values).runs)
+
+    groups = [
+        group(loss, str(level), [base + level + 0.01 * i for i in range(3)])
+        for level in range(5)
+        for loss, base in (("huber", 0.1), ("mse", 0.2))
+    ]
+    keys = ["loss", "dataset.outliers"]
+    assert len(answers(groups[:8], "test_mse", keys)) == 4  # four settings: a line each
+    line = answers(groups[:8], "test_mse", keys)[3]
+    assert line.startswith("at dataset.outliers=3: loss=huber beats loss=mse on test_mse by 0.1 ±")
+    assert len(answers(groups, "test_mse", keys)) == 1  # five: the best against the next

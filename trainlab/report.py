@@ -285,6 +285,27 @@ def answer(groups: list[Group], metric: str, keys: list[str]) -> str | None:
     )
 
 
+def answers(groups: list[Group], metric: str, keys: list[str]) -> list[str]:
+    """The sweep's answer: with two or more swept keys and at most four settings of the
+    others, one line per setting comparing the first key's values (a preset's question, such
+    as which loss at each share of outliers); else the best configuration against the next."""
+    settings = dict.fromkeys(group.params[1:] for group in groups)
+    if len(keys) < 2 or len(settings) > MOST_SETTINGS_ANSWERED:
+        said = answer(groups, metric, keys)
+        return [said] if said else []
+    lines = []
+    for setting in sorted(settings, key=lambda values: [natural_key(v) for v in values]):
+        alike = [Group(g.params[:1], g.runs) for g in groups if g.params[1:] == setting]
+        said = answer(alike, metric, keys[:1])
+        if said:
+            where = ", ".join(f"{k}={v}" for k, v in zip(keys[1:], setting, strict=True))
+            lines.append(f"at {where}: {said}")
+    return lines
+
+
+MOST_SETTINGS_ANSWERED = 4
+
+
 def p_value(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3g}"
 
@@ -332,9 +353,9 @@ def write_markdown(
     path: Path, keys: list[str], groups: list[Group], columns: list[str], metric: str, why: str
 ) -> None:
     header = ["rank", *keys, "runs", "status", "vs best", *columns]
-    said = answer(groups, metric, keys)
+    said = answers(groups, metric, keys)
     lines = [f"# Sweep summary: ranked by {metric}", "", f"Ranked by {metric}: {why}.", ""]
-    lines += [said, ""] if said else []
+    lines += [f"- {line}" for line in said] + [""] if said else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for position, (group, verdict) in enumerate(
         zip(groups, verdicts(groups, metric), strict=True), 1
@@ -407,9 +428,8 @@ def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Gr
     title = f"{len(runs)} runs in {root}"
     console.print(ranked_table(title, groups, keys, columns, metric, console.width))
     console.print(f"ranked by {metric}: {why}", soft_wrap=True)
-    said = answer(groups, metric, keys)
-    if said:
-        console.print(said, soft_wrap=True)
+    for line in answers(groups, metric, keys):
+        console.print(line, soft_wrap=True)
     written = [*REPORT_FILES, *pictures]
     console.print(
         f"wrote {', '.join(written)} in {root} (with every metric), and the HParams dashboard's "
