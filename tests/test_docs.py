@@ -56,6 +56,54 @@ def test_every_config_option_has_code_and_every_registry_entry_a_config():
             assert f"name: {path.stem}\n" in path.read_text(), path
 
 
+def _table_rows(text: str, heading: str) -> list[list[str]]:
+    """The cells of the first Markdown table after ``heading``, without its header."""
+    lines = text.split(heading, 1)[1].split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip().strip("`") for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_readme_config_groups_table_lists_every_option():
+    rows, group, listed = (
+        _table_rows((REPO / "README.md").read_text(), "## Config groups"),
+        "",
+        set(),
+    )
+    for row in rows:
+        group = row[0] or group
+        listed.add((group, row[1]))
+    groups = ("dataset", "model", "loss", "optimizer", "schedule", "regularizer")
+    options = {(g, p.stem) for g in groups for p in (REPO / "conf" / g).glob("*.yaml")}
+    assert listed == options
+
+
+def test_readme_presets_table_names_every_preset_with_its_members():
+    """Each preset composes, sweeps something, and has as many members as the table says."""
+    from omegaconf import OmegaConf
+
+    from trainlab.preflight import compose_overrides, sweep_members
+
+    rows = _table_rows((REPO / "README.md").read_text(), "## Presets")
+    counts = {row[0]: row[2] for row in rows}
+    presets = {p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")}
+    assert set(counts) == presets
+    plugins = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+    for preset in sorted(presets):
+        if preset == "optuna_search":
+            if plugins:
+                config = compose_overrides([f"+experiment={preset}"])
+                assert counts[preset] == f"{config.hydra.sweeper.n_trials} trials"
+            continue
+        config = compose_overrides([f"+experiment={preset}"])
+        assert OmegaConf.select(config, "hydra.sweeper.params"), preset
+        assert counts[preset] == str(len(sweep_members(config, []))), preset
+
+
 # ---- every command in README.md and docs/ runs as written ------------------------------------
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
