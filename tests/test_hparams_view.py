@@ -43,6 +43,12 @@ def test_columns_are_the_group_choices_and_what_differs_once_each():
     assert sorted(v.string_value for v in infos["loss"].domain_discrete.values) == ["a", "b"]
 
 
+def test_keys_that_make_no_other_experiment_are_no_columns():
+    runs = [result(1e-3, 0), result(1e-3, 0)]
+    runs[0]["hparams"]["cpu_threads"], runs[1]["hparams"]["cpu_threads"] = 1, 2
+    assert "cpu_threads" not in {info.name for info in hparam_infos(runs)}
+
+
 def test_a_key_only_some_runs_have_differs():
     runs = [result(1e-3, 0), result(1e-3, 0)]
     runs[1]["hparams"]["regularizer.strength"] = 0.1
@@ -78,3 +84,14 @@ def test_tfrecord_checksums_are_crc32c_as_tensorflow_masks_them():
     assert masked_crc32c(b"") == 0xA282EAD8  # TFRecord's mask of crc32c(b"") == 0
     record = frame(b"payload")
     assert len(record) == 8 + 4 + 7 + 4 and record[12:19] == b"payload"
+
+
+def test_the_view_of_the_folder_tensorboard_opens_wins_over_its_sweeps_views(tmp_path):
+    """trainlab-report on a folder of several sweeps writes the view TensorBoard, opened on
+    that folder, uses (it reads the folder itself before the folders below it)."""
+    write_view(tmp_path / "sweep-a", [result(1e-3, 0), result(1e-2, 0)])  # lr differs
+    write_view(tmp_path / "sweep-b", [result(1e-3, 0), result(1e-3, 1)])  # seed differs
+    write_view(tmp_path, [result(1e-3, 0), result(1e-2, 0), result(1e-3, 1)])
+    experiment = tensorboard_experiment(tmp_path)
+    differs = [info.name for info in experiment.hparam_infos if info.differs]
+    assert differs == ["optimizer.lr", "seed"]

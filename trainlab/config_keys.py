@@ -23,6 +23,12 @@ RUNTIME_ONLY = (
 _PLAIN_VALUE = re.compile(r"[\w/.\-]+")
 
 
+def runtime_only(key: str) -> bool:
+    """Whether a dotted key changes only where or how a run executes (``checkpoint.every_steps``
+    too: a key below a runtime-only one)."""
+    return key in RUNTIME_ONLY or key.split(".")[0] in RUNTIME_ONLY
+
+
 def override_key(override: str) -> str:
     """``optimizer.lr`` for ``optimizer.lr=0.1``, ``++optimizer.lr=0.1`` or ``~optimizer.lr``."""
     return override.split("=", 1)[0].lstrip("+~")

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from trainlab.config_keys import GROUPS
+from trainlab.config_keys import GROUPS, runtime_only
 from trainlab.files import atomic_write
 from trainlab.tfrecord import frame
 
@@ -34,7 +34,8 @@ Results = Mapping[str, Any]  # a run's metrics.json
 
 
 def hparam_infos(runs: Sequence[Results]) -> list[api_pb2.HParamInfo]:
-    """The config groups' choices, then every hparam whose value differs between the runs."""
+    """The config groups' choices, then every hparam whose value differs between the runs
+    (not the runtime-only keys, such as cpu_threads: they make no other experiment)."""
 
     keys = dict.fromkeys(key for run in runs for key in run.get("hparams") or {})
     values: dict[str, list[Any]] = {key: [] for key in keys}
@@ -45,7 +46,7 @@ def hparam_infos(runs: Sequence[Results]) -> list[api_pb2.HParamInfo]:
     infos = []
     for key, seen in values.items():
         differs = len({repr(value) for value in seen}) > 1
-        if key in GROUPS or differs:
+        if key in GROUPS or (differs and not runtime_only(key)):
             infos.append(_hparam_info(key, [value for value in seen if value is not None], differs))
     return infos
 

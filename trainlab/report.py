@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from rich.table import Table
 
-from trainlab.config_keys import RUNTIME_ONLY, flatten
+from trainlab.config_keys import flatten, runtime_only
 from trainlab.console import make_console
 from trainlab.errors import UserError, path_error
 from trainlab.hparams_view import write_view
@@ -124,7 +124,7 @@ def _identity(config: dict[str, Any]) -> str:
 
 def _ignored(key: str) -> bool:
     """seed (aggregated over) and the keys that make no other experiment."""
-    return key == "seed" or key in RUNTIME_ONLY or key.split(".")[0] in RUNTIME_ONLY
+    return key == "seed" or runtime_only(key)
 
 
 def natural_key(text: str) -> list[tuple[int, float, str]]:
