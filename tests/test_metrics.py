@@ -41,3 +41,49 @@ def test_evaluate_classification_and_regression_exactly():
     result = evaluate(model, build_loss({"name": "mae"}, spec), split, spec, batch_size=3)
     assert result["mse"] == pytest.approx((0 + 1 + 4 + 16) / 4)
     assert result["mae"] == pytest.approx((0 + 1 + 2 + 4) / 4)
+
+
+def test_ndcg_shares_places_between_tied_scores_whatever_the_item_order():
+    """A constant model: the relevant item first or last in the list scores the same, the
+    mean gain over the tied places (scikit-learn gives 0.45436 here too)."""
+    first, last = torch.zeros(1, 10), torch.zeros(1, 10)
+    first[0, 0], last[0, 9] = 1, 1
+    constant = torch.zeros(1, 10)
+    assert ndcg_at_k(constant, first, 10).item() == pytest.approx(0.454356, abs=1e-6)
+    assert ndcg_at_k(constant, last, 10).item() == pytest.approx(0.454356, abs=1e-6)
+
+
+def test_ndcg_equals_scikit_learn_on_random_and_tied_scores():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        items = int(torch.randint(2, 25, (), generator=generator))
+        k = int(torch.randint(1, items + 3, (), generator=generator))
+        if trial % 2:
+            scores = torch.randn(4, items, generator=generator)
+        else:  # few distinct scores: many ties
+            scores = torch.randint(0, 3, (4, items), generator=generator).float()
+        grades = torch.randint(0, 5, (4, items), generator=generator)
+        grades[:, 0] = grades[:, 0].clamp_min(1)  # a relevant item in every list
+        ours = ndcg_at_k(scores, grades, k)
+        for row in range(4):
+            gains = (2.0 ** grades[row : row + 1] - 1).numpy()  # scikit-learn takes the gains
+            expected = sklearn_metrics.ndcg_score(gains, scores[row : row + 1].numpy(), k=k)
+            assert ours[row].item() == pytest.approx(expected, abs=1e-6), (trial, row)
+
+
+def test_the_pairwise_validation_loss_is_the_mean_over_all_pairs_whatever_the_batch():
+    """Lists with different numbers of ordered pairs: a mean of batch means would weight each
+    batch by its lists, not its pairs, and change with eval_batch_size."""
+    spec = DatasetSpec("t", "ranking", (1,), 1, 1, 1, 101, list_size=6, ndcg_k=3)
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randn(101, 6, generator=generator)
+    grades = torch.randint(0, 3, (101, 6), generator=generator)
+    grades[:40] = grades[:40].clamp_max(1)  # fewer ordered pairs in the first lists
+    loss = build_loss({"name": "pairwise", "form": "logistic", "sigma": 1.0, "margin": 1.0}, spec)
+    split = Split(scores.unsqueeze(-1), grades)
+    model = torch.nn.Flatten(-2)  # (lists, items, 1) -> (lists, items): the scores themselves
+    over_all = loss(scores, grades).item()
+    for batch_size in (7, 37, 101, 4096):
+        result = evaluate(model, loss, split, spec, batch_size=batch_size)
+        assert result["loss"] == pytest.approx(over_all, rel=1e-6), batch_size

@@ -30,6 +30,15 @@ from trainlab.settings import choose, fraction, non_negative, positive
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def terms(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """How many terms ``loss_fn``'s mean over this batch is taken over: its examples (lists,
+    for ranking), or what the loss names in its ``terms`` attribute (the pairwise loss: its
+    ordered pairs). Evaluation weights each batch's mean by it, so that a split's loss is the
+    mean over all of its terms, whatever the evaluation batch size."""
+    count = getattr(loss_fn, "terms", None)
+    return count(outputs, targets) if count is not None else torch.tensor(float(len(outputs)))
+
+
 def _regression_view(spec: DatasetSpec) -> Callable[[torch.Tensor, torch.Tensor], tuple]:
     """Map (outputs, targets) to two float tensors of the same shape for a regression loss."""
     if spec.task == "classification":
@@ -135,16 +144,20 @@ def pairwise(
     positive("loss.sigma", sigma)
     non_negative("loss.margin", margin)
 
+    def ordered_pairs(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+        return (grades.unsqueeze(-1) > grades.unsqueeze(-2)).to(scores.dtype)
+
     def loss(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
         difference = scores.unsqueeze(-1) - scores.unsqueeze(-2)  # [q, i, j] = s_i - s_j
-        ordered = (grades.unsqueeze(-1) > grades.unsqueeze(-2)).to(scores.dtype)
-        terms = torch.zeros_like(difference)
+        ordered = ordered_pairs(scores, grades)
+        per_pair = torch.zeros_like(difference)
         if form in ("logistic", "both"):
-            terms = terms + F.softplus(-sigma * difference)
+            per_pair = per_pair + F.softplus(-sigma * difference)
         if form in ("margin", "both"):
-            terms = terms + F.relu(margin - difference)
-        return (terms * ordered).sum() / ordered.sum().clamp_min(1)
+            per_pair = per_pair + F.relu(margin - difference)
+        return (per_pair * ordered).sum() / ordered.sum().clamp_min(1)
 
+    loss.terms = lambda scores, grades: ordered_pairs(scores, grades).sum()  # type: ignore[attr-defined]
     return loss
 
 

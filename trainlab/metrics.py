@@ -7,20 +7,39 @@ from collections.abc import Callable
 import torch
 
 from trainlab.data.base import DatasetSpec, Prepare, Split
-from trainlab.losses import LossFn
+from trainlab.losses import LossFn, terms
 
 # The metric each task is judged by (the report ranks losses and errors low-first).
 PRIMARY_METRIC = {"classification": "accuracy", "regression": "mse", "ranking": "ndcg"}
 
 
 def ndcg_at_k(scores: torch.Tensor, grades: torch.Tensor, k: int) -> torch.Tensor:
-    """NDCG@k per list with gains 2^grade - 1; a list with no relevant item counts as 1."""
-    k = min(k, scores.shape[-1])
-    discounts = 1.0 / torch.log2(torch.arange(2, k + 2, device=scores.device, dtype=torch.float32))
+    """NDCG@k per list with gains 2^grade - 1, as scikit-learn's ``ndcg_score`` computes it.
+
+    Items with tied scores share their places: each gets the mean gain of its tie group
+    (McSherry and Najork, 2008), so the value does not depend on the order the items happen to
+    be in. A list with no relevant item scores 1 (scikit-learn says 0): there is nothing to rank
+    wrong in it.
+    """
+    items = scores.shape[-1]
+    k = min(k, items)
+    places = torch.arange(items, device=scores.device)
+    discounts = torch.where(places < k, 1.0 / torch.log2(places.float() + 2), 0.0)
     gains = torch.pow(2.0, grades.float()) - 1
-    by_score = torch.topk(scores.float(), k, dim=-1).indices
-    dcg = (gains.gather(-1, by_score) * discounts).sum(-1)
-    ideal = (torch.topk(gains, k, dim=-1).values * discounts).sum(-1)
+    ordered, order = torch.sort(scores.float(), dim=-1, descending=True, stable=True)
+    ordered_gains = gains.gather(-1, order)
+    # Tie groups along each sorted list: a new group wherever the score changes.
+    group = torch.cat(
+        [torch.zeros_like(ordered[..., :1], dtype=torch.long), (ordered.diff(dim=-1) != 0).long()],
+        dim=-1,
+    ).cumsum(-1)
+    group_gain = torch.zeros_like(ordered_gains).scatter_add_(-1, group, ordered_gains)
+    group_size = torch.zeros_like(ordered_gains).scatter_add_(
+        -1, group, torch.ones_like(ordered_gains)
+    )
+    shared_gain = (group_gain / group_size.clamp_min(1)).gather(-1, group)
+    dcg = (shared_gain * discounts).sum(-1)
+    ideal = (torch.sort(gains, dim=-1, descending=True).values * discounts).sum(-1)
     return torch.where(ideal > 0, dcg / ideal.clamp_min(1e-12), torch.ones_like(dcg))
 
 
@@ -54,7 +73,8 @@ def evaluate(
     shard: tuple[int, int] = (0, 1),
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Mean loss and task metrics of ``model`` over ``split``, one host sync at the end.
+    """Mean loss and task metrics of ``model`` over ``split``, one host sync at the end. The
+    loss is the mean over all of its terms (examples, or the pairwise loss's pairs).
 
     Data-parallel: ``shard=(rank, world)`` evaluates this process's contiguous part, and
     ``reduce_sum`` adds the processes' sums, so the means come from exact global sums.
@@ -73,15 +93,19 @@ def evaluate(
             inputs = prepare(inputs, None)  # no augmentation
         targets = split.targets[start:stop]
         outputs = model(inputs)
-        batch = {"loss": loss_fn(outputs, targets).float() * inputs.shape[0]}
+        count = terms(loss_fn, outputs, targets).float()
+        batch = {"loss": loss_fn(outputs, targets).float() * count, "loss_terms": count}
         batch.update(_metric_sums(spec, outputs, targets))
         for name, value in batch.items():
             sums[name] = sums[name] + value if name in sums else value.float()
     model.train(was_training)
     names = metric_names(spec)
     device = split.inputs.device
-    totals = torch.stack([sums.get(name, torch.zeros((), device=device)) for name in names])
+    summed = [*names, "loss_terms"]
+    totals = torch.stack([sums.get(name, torch.zeros((), device=device)) for name in summed])
     if reduce_sum is not None:
         totals = reduce_sum(totals)
-    values = totals.tolist()
-    return {name: value / len(split) for name, value in zip(names, values, strict=True)}
+    *values, loss_terms = totals.tolist()
+    means = {name: value / len(split) for name, value in zip(names, values, strict=True)}
+    means["loss"] = values[0] / max(loss_terms, 1.0)  # the mean over all of the loss's terms
+    return means
