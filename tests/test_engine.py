@@ -121,6 +121,39 @@ def test_early_stopping_stops_after_patience_and_restores_best_weights():
     assert torch.equal(model.weight, snapshots[2]) and not torch.equal(model.weight, snapshots[4])
 
 
+def test_early_stopping_and_restoring_watch_the_monitored_metric():
+    """The best-loss epoch (2) and the best-accuracy epoch (3) differ: monitoring accuracy
+    keeps epoch 3's weights and stops when accuracy stalls, not when the loss does."""
+    val = [(1.0, 0.50), (0.5, 0.60), (0.6, 0.70), (0.65, 0.65), (0.7, 0.66), (0.1, 0.99)]
+
+    def watched(**settings):
+        inputs, targets = _linear_problem()
+        model = nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        scores, snapshots = iter(val), {}
+
+        class Snapshot(Callback):
+            def on_epoch_end(self, epoch, scalars):
+                snapshots[epoch] = model.weight.detach().clone()
+
+        def evaluate():
+            loss, accuracy = next(scores)
+            return {"loss": loss, "accuracy": accuracy}
+
+        result = _fit(
+            model, optimizer, [(inputs, targets)], 10, evaluate, callbacks=[Snapshot()],
+            patience=2, **settings,
+        )  # fmt: skip
+        return result, torch.equal(model.weight, snapshots[result.best_epoch])
+
+    by_loss, restored = watched()
+    assert (by_loss.best_epoch, by_loss.epochs_run, restored) == (2, 4, True)
+    by_accuracy, restored = watched(monitor="accuracy", maximize=True)
+    assert (by_accuracy.best_epoch, by_accuracy.epochs_run, restored) == (3, 5, True)
+    assert by_accuracy.best_val == {"loss": 0.6, "accuracy": 0.7}
+    assert by_accuracy.message.startswith("val_accuracy did not improve")
+
+
 def test_min_delta_counts_small_improvements_as_none():
     inputs, targets = _linear_problem()
     model = nn.Linear(3, 1)

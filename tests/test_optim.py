@@ -24,7 +24,7 @@ def trajectory(config: dict, epochs: int = 4, steps_per_epoch: int = 5, val_loss
             lrs.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             schedule.step_done()
-        schedule.epoch_done(val_losses[epoch] if val_losses else 1.0)
+        schedule.epoch_done({"loss": val_losses[epoch] if val_losses else 1.0})
     return lrs
 
 
@@ -196,3 +196,17 @@ def test_bad_optimizers(config, fragment):
     with pytest.raises(ConfigError) as error:
         read_optimizer(config)
     assert fragment in str(error.value)
+
+
+def test_a_plateau_schedule_may_watch_a_metric_that_grows():
+    """schedule.monitor=val_accuracy: the lr halves once accuracy stops growing (mode inferred:
+    max), where watching the loss would have seen it fall, i.e. improve, all along."""
+    parameter = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([parameter], lr=BASE_LR)
+    config = {"name": "plateau", "factor": 0.5, "patience": 1, "threshold": 0.0, "min_lr": 0.0}
+    schedule = build_schedule({**config, "monitor": "val_accuracy"}, optimizer, TrainingPlan(6, 1))
+    lrs = []
+    for accuracy, loss in [(0.5, 1.0), (0.6, 0.9), (0.6, 0.8), (0.6, 0.7), (0.6, 0.6)]:
+        schedule.epoch_done({"loss": loss, "accuracy": accuracy})
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs == pytest.approx([BASE_LR, BASE_LR, BASE_LR, BASE_LR / 2, BASE_LR / 2])

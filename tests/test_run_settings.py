@@ -53,3 +53,37 @@ def test_sweep_summary_counts_only_this_sweeps_members(tmp_path, capsys):
         )
     assert exit_info.value.code == 1
     assert "1 of 2 runs failed: loss=mse" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (
+            ["early_stopping.monitor=val_accuracy", "dataset.task=regression", "loss=mse"],
+            "early_stopping.monitor=val_accuracy: the regression task has no such validation "
+            "metric; choose one of val_loss, val_mse, val_mae (dataset=synthetic)",
+        ),
+        (["early_stopping.monitor=accuracy"], "choose one of val_loss, val_accuracy"),
+        (["early_stopping.mode=up"], "early_stopping.mode must be min, max or null, got 'up'"),
+        (
+            ["schedule=plateau", "schedule.monitor=val_ndcg"],
+            "schedule.monitor=val_ndcg: the classification task has no such validation metric",
+        ),
+    ],
+)
+def test_what_selection_watches_must_be_a_metric_of_the_task(overrides, fragment):
+    from trainlab.experiment import build_experiment
+
+    with pytest.raises(ConfigError) as error:
+        build_experiment(compose_config(*overrides))
+    assert fragment in str(error.value)
+
+
+def test_selection_watches_the_loss_unless_told_and_infers_the_direction():
+    from trainlab.experiment import build_experiment
+
+    assert build_experiment(compose_config()).selection == ("loss", False)
+    chosen = build_experiment(compose_config("early_stopping.monitor=val_accuracy"))
+    assert chosen.selection == ("accuracy", True)
+    told = compose_config("early_stopping.monitor=val_accuracy", "early_stopping.mode=min")
+    assert build_experiment(told).selection == ("accuracy", False)

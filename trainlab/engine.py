@@ -29,6 +29,8 @@ class FitSettings:
     patience: int | None = None  # evaluations without improvement before stopping; None: never
     min_delta: float = 0.0
     restore_best: bool = True
+    monitor: str = "loss"  # the validation metric that decides the best epoch and stopping
+    maximize: bool = False  # whether larger values of it are better
     checkpoint_every_steps: int | None = None  # also checkpoint mid-epoch every N steps
 
 
@@ -284,7 +286,7 @@ class _Loop:
         state.rows.append(scalars)
         state.epochs_finished = epoch
         if state.status == "completed":
-            self.schedule.epoch_done(val["loss"] if val is not None else None)
+            self.schedule.epoch_done(val)
             self._stop_early()
         # Report, then checkpoint: a resume drops whatever was logged after its checkpoint.
         for callback in self.callbacks:
@@ -304,7 +306,7 @@ class _Loop:
         if not math.isfinite(val["loss"]):
             state.status = "diverged"
             state.message = _diverged("validation loss", val["loss"], epoch, state.step, self._lr())
-        elif state.best_val is None or val["loss"] < state.best_val["loss"] - settings.min_delta:
+        elif state.best_val is None or self._improves(val, state.best_val):
             state.best_val, state.best_epoch, state.stale_evaluations = val, epoch, 0
             if settings.restore_best:  # kept only to be restored at the end
                 weights = self.model.state_dict().items()
@@ -313,13 +315,20 @@ class _Loop:
             state.stale_evaluations += 1
         return val
 
+    def _improves(self, val: dict[str, float], best: dict[str, float]) -> bool:
+        """Whether ``val`` beats ``best`` on the monitored metric by more than min_delta."""
+        monitor, margin = self.settings.monitor, self.settings.min_delta
+        if self.settings.maximize:
+            return val[monitor] > best[monitor] + margin
+        return val[monitor] < best[monitor] - margin
+
     def _stop_early(self) -> None:
         state, settings = self.state, self.settings
         if settings.patience is not None and state.stale_evaluations >= settings.patience:
             state.status = "early_stopped"
             state.message = (
-                f"validation loss did not improve by more than {settings.min_delta:g} for "
-                f"{state.stale_evaluations} evaluation(s); best was epoch {state.best_epoch}"
+                f"val_{settings.monitor} did not improve by more than {settings.min_delta:g} "
+                f"for {state.stale_evaluations} evaluation(s); best was epoch {state.best_epoch}"
             )
 
     def _result(self) -> FitResult:

@@ -23,6 +23,7 @@ from trainlab.config_keys import GROUPS
 from trainlab.data import DatasetSpec, describe_dataset
 from trainlab.errors import ConfigError, first_line
 from trainlab.losses import LossFn, build_loss
+from trainlab.metric_names import monitored
 from trainlab.models import build_model, for_device, uses_convolutions
 from trainlab.optim import LRSchedule, OptimizerChoice, TrainingPlan, build_schedule, read_optimizer
 from trainlab.regularizers import Penalty, build_regularizer
@@ -54,7 +55,14 @@ class RunSettings:
     report: dict
 
 
-def _early_stopping(enabled: bool, patience: int, min_delta: float) -> None:
+def _early_stopping(
+    enabled: bool,
+    patience: int,
+    min_delta: float,
+    monitor: str = "val_loss",
+    mode: str | None = None,
+) -> None:
+    """(``monitor`` is checked against the task's metrics once the dataset is known.)"""
     require(patience >= 1, f"early_stopping.patience must be >= 1, got {patience}")
     non_negative("early_stopping.min_delta", min_delta)
 
@@ -168,6 +176,7 @@ class Experiment:
     model: torch.nn.Module
     channels_last: bool
     training: Training
+    selection: tuple[str, bool] = ("loss", False)  # early_stopping.monitor: name, maximize
 
     def plan_training(self, spec: DatasetSpec) -> Training:
         """Batch size, optimizer, lr schedule and penalty for ``spec``'s training-set size."""
@@ -200,6 +209,7 @@ def build_experiment(config: DictConfig, world: int = 1) -> Experiment:
         device = torch.device("cuda", torch.cuda.current_device())
     spec = describe_dataset(config.dataset)
     loss_fn = build_loss(config.loss, spec)
+    selection = watched(config, spec)
     optimizer_choice = read_optimizer(config.optimizer)
     if world > 1:
         check_parallel(settings, optimizer_choice, spec, world)
@@ -212,9 +222,27 @@ def build_experiment(config: DictConfig, world: int = 1) -> Experiment:
     experiment = Experiment(
         config, settings, device, spec, loss_fn, optimizer_choice, model, channels_last,
         training=None,  # type: ignore[arg-type]  (planned just below)
+        selection=selection,
     )  # fmt: skip
     experiment.training = experiment.plan_training(spec)
     return experiment
+
+
+def watched(config: DictConfig, spec: DatasetSpec) -> tuple[str, bool]:
+    """What early stopping and restore_best watch (``early_stopping.monitor``, by default the
+    validation loss): the metric's name and whether larger is better. A plateau schedule's own
+    ``schedule.monitor`` is checked against the task's metrics here too."""
+    early = config.early_stopping
+    try:
+        if "monitor" in config.schedule:
+            monitored(
+                "schedule.monitor", config.schedule.monitor, config.schedule.get("mode"), spec.task
+            )
+        return monitored(
+            "early_stopping.monitor", early.get("monitor", "val_loss"), early.get("mode"), spec.task
+        )
+    except ValueError as error:
+        raise ConfigError(f"{error} (dataset={spec.name})") from None
 
 
 def _build_network(config: DictConfig, spec: DatasetSpec) -> torch.nn.Module:

@@ -8,9 +8,9 @@ import torch
 
 from trainlab.data.base import DatasetSpec, Prepare, Split
 from trainlab.losses import LossFn, terms
+from trainlab.metric_names import PRIMARY_METRIC, names_for
 
-# The metric each task is judged by (the report ranks losses and errors low-first).
-PRIMARY_METRIC = {"classification": "accuracy", "regression": "mse", "ranking": "ndcg"}
+__all__ = ["PRIMARY_METRIC", "evaluate", "metric_names", "ndcg_at_k"]
 
 
 def ndcg_at_k(scores: torch.Tensor, grades: torch.Tensor, k: int) -> torch.Tensor:
@@ -58,8 +58,7 @@ def _metric_sums(spec: DatasetSpec, outputs: torch.Tensor, targets: torch.Tensor
 
 def metric_names(spec: DatasetSpec) -> list[str]:
     """The metrics reported for ``spec``'s task, loss first."""
-    by_task = {"classification": ["accuracy"], "regression": ["mse", "mae"], "ranking": ["ndcg"]}
-    return ["loss", *by_task[spec.task]]
+    return names_for(spec.task)
 
 
 @torch.no_grad()

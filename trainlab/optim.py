@@ -18,6 +18,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from trainlab.errors import ConfigError, first_line
+from trainlab.metric_names import larger_is_better
 from trainlab.settings import choose, fraction, non_negative, positive, require
 
 log = logging.getLogger("trainlab")
@@ -148,25 +149,26 @@ class LRSchedule:
 
     scheduler: Any
     interval: Literal["step", "epoch"]
-    monitors_val_loss: bool = False
+    monitor: str | None = None  # the validation metric a plateau schedule reads (``loss``)
     sized_by_plan: bool = False  # its shape depends on the run's length (cosine, 1cycle)
 
     def step_done(self) -> None:
         if self.interval == "step":
             self.scheduler.step()
 
-    def epoch_done(self, val_loss: float | None) -> None:
-        """Advance an epoch-based schedule; a plateau schedule needs ``val_loss`` to decide."""
+    def epoch_done(self, val: Mapping[str, float] | None) -> None:
+        """Advance an epoch-based schedule; a plateau schedule needs the epoch's validation
+        metrics (None: not evaluated) to decide."""
         if self.interval != "epoch":
             return
         with warnings.catch_warnings():
             # A run resumed at an epoch's end steps the schedule for that epoch before this
             # process's first optimizer step; torch's order check cannot know it was taken.
             warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
-            if not self.monitors_val_loss:
+            if self.monitor is None:
                 self.scheduler.step()
-            elif val_loss is not None:
-                self.scheduler.step(val_loss)
+            elif val is not None:
+                self.scheduler.step(val[self.monitor])
 
 
 def _base_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -303,18 +305,24 @@ def plateau(
     patience: int,
     threshold: float,
     min_lr: float,
+    monitor: str = "val_loss",
+    mode: str | None = None,
 ) -> LRSchedule:
     """lr multiplied by ``factor`` once more than ``patience`` evaluations in a row brought no
-    validation-loss improvement (torch's ReduceLROnPlateau; evaluations are every epoch by
-    default)."""
+    improvement of ``monitor`` (the validation loss by default; torch's ReduceLROnPlateau;
+    evaluations are every epoch by default). The experiment checks ``monitor`` against the
+    task's metrics; ``mode`` min or max, or None: inferred from the name."""
     require(0 < factor < 1, f"schedule.factor must be in (0, 1), got {factor}")
     require(patience >= 0, f"schedule.patience must be >= 0, got {patience}")
     non_negative("schedule.threshold", threshold)
     _min_lr_below_base(min_lr, optimizer)
+    name = monitor.removeprefix("val_")
+    maximize = larger_is_better(name) if mode is None else mode == "max"
     scheduler = lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=factor, patience=patience, threshold=threshold, min_lr=min_lr
-    )
-    return LRSchedule(scheduler, "epoch", monitors_val_loss=True)
+        optimizer, mode="max" if maximize else "min", factor=factor, patience=patience,
+        threshold=threshold, min_lr=min_lr,
+    )  # fmt: skip
+    return LRSchedule(scheduler, "epoch", monitor=name)
 
 
 SCHEDULES: dict[str, Callable[..., LRSchedule]] = {

@@ -27,10 +27,10 @@ from trainlab.config_keys import flatten, runtime_only
 from trainlab.console import make_console
 from trainlab.errors import UserError, path_error
 from trainlab.hparams_view import write_view
+from trainlab.metric_names import larger_is_better
 from trainlab.report_plots import plot_files, write_plots
 from trainlab.stats import Summary, compare, summarize
 
-LOWER_IS_BETTER = ("loss", "mse", "mae")
 REPORT_FILES = ("summary.csv", "summary.md")  # and the pictures of trainlab.report_plots
 
 
@@ -234,10 +234,6 @@ def rank(groups: list[Group], metric: str) -> list[Group]:
         return (int(troubled), -mean if larger_better else mean)
 
     return sorted(groups, key=key)
-
-
-def larger_is_better(metric: str) -> bool:
-    return not metric.endswith(LOWER_IS_BETTER)
 
 
 def verdicts(groups: list[Group], metric: str) -> list[str]:

@@ -227,6 +227,8 @@ def train(
         eval_every_epochs=settings.eval_every_epochs,
         patience=early["patience"] if early["enabled"] else None,
         min_delta=early["min_delta"],
+        monitor=setup.experiment.selection[0],
+        maximize=setup.experiment.selection[1],
         restore_best=settings.restore_best,
         checkpoint_every_steps=settings.checkpoint["every_steps"],
     )
@@ -285,7 +287,8 @@ def results(
         "epochs_run": result.epochs_run,
         "steps": result.steps,
         "batch_size": setup.training.batch_size,
-        "best_epoch": result.best_epoch,
+        "best_epoch": result.best_epoch,  # by the monitored metric
+        "monitor": f"val_{setup.experiment.selection[0]}",
         "best_val_loss": result.best_val["loss"] if result.best_val else None,
         "restored_best": restored,
         "val": tested_val,
