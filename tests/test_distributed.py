@@ -82,6 +82,22 @@ def test_a_failing_process_ends_the_run_within_seconds(tmp_path):
     assert result.stderr.count("Error executing job") == 1
 
 
+def test_clipping_and_accumulation_give_two_processes_the_numbers_of_one(tmp_path):
+    """Micro-batches keep their gradients local until the step's last one, whose backward
+    averages the sum over the processes; the clipped norm is the averaged gradient's."""
+    knobs = ("accumulate_steps=2", "optimizer.clip_grad_norm=0.05")
+    alone_dir, parallel_dir = tmp_path / "alone", tmp_path / "parallel"
+    alone = run_cli(*RUN, *knobs, f"hydra.run.dir={alone_dir}", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    parallel = run_processes(*RUN, *knobs, f"hydra.run.dir={parallel_dir}", cwd=tmp_path)
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    one, two = metrics(alone_dir), metrics(parallel_dir)
+    assert two["processes"] == 2 and two["steps"] == one["steps"]
+    for split in ("val", "test"):
+        for name, value in one[split].items():
+            assert two[split][name] == pytest.approx(value, rel=1e-5), (split, name)
+
+
 @pytest.fixture(scope="module")
 def parallel_reference(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("parallel") / "run"

@@ -259,3 +259,58 @@ def test_metrics_json_is_strict_json_after_divergence(tmp_path):
 
     metrics = json.loads(text, parse_constant=refuse)
     assert metrics["status"] == "diverged" and None in metrics["history"]["train_loss"]
+
+
+def _one_step(accumulate_steps=1, clip_grad_norm=None, penalty=None, log=None):
+    """One SGD step of a small MLP on one batch of 24 examples; the model after it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+    inputs, targets = torch.randn(24, 3), torch.randint(0, 2, (24,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    schedule = build_schedule({"name": "constant"}, optimizer, TrainingPlan(1, 1))
+    settings = FitSettings(
+        epochs=1, log_every_steps=1, accumulate_steps=accumulate_steps,
+        clip_grad_norm=clip_grad_norm,
+    )  # fmt: skip
+    callbacks = [log] if log is not None else []
+    weights = [p for p in model.parameters() if p.dim() > 1]
+    regularize = (lambda: penalty * sum(w.pow(2).sum() for w in weights)) if penalty else None
+    fit(
+        model, nn.functional.cross_entropy, optimizer, schedule, regularize,
+        [(inputs, targets)], 1, lambda: {"loss": 0.0}, settings, callbacks,
+    )  # fmt: skip
+    return model
+
+
+@pytest.mark.parametrize("penalty", [None, 0.01])
+def test_accumulated_micro_batches_take_the_big_batch_step(penalty):
+    whole = _one_step(penalty=penalty)
+    for steps in (2, 5, 24):  # 5: micro-batches of 5, 5, 5, 5, 4 examples
+        split = _one_step(accumulate_steps=steps, penalty=penalty)
+        for a, b in zip(whole.parameters(), split.parameters(), strict=True):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), steps
+
+
+def test_clipping_scales_the_gradient_to_the_norm_and_logs_the_norm_before():
+    logged = []
+
+    class Log(Callback):
+        def on_log(self, step, epoch, scalars):
+            logged.append(scalars["grad_norm"])
+
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+    inputs, targets = torch.randn(24, 3), torch.randint(0, 2, (24,))
+    nn.functional.cross_entropy(reference(inputs), targets).backward()
+    gradients = [p.grad.clone() for p in reference.parameters()]
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in gradients])).item()
+    clipped = _one_step(clip_grad_norm=norm / 4, log=Log())
+    assert logged == [pytest.approx(norm, rel=1e-6)]  # the norm before clipping
+    for before, after, gradient in zip(
+        reference.parameters(), clipped.parameters(), gradients, strict=True
+    ):
+        expected = before - 0.5 * gradient / 4  # the step of a gradient a quarter as long
+        assert torch.allclose(after, expected, rtol=1e-5, atol=1e-6)
+    unclipped = _one_step(clip_grad_norm=norm * 4)  # above the norm: the same step as none
+    for a, b in zip(unclipped.parameters(), _one_step().parameters(), strict=True):
+        assert torch.equal(a, b)

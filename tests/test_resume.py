@@ -355,7 +355,7 @@ OPTIONS = [
     f"{group}={p.stem}"
     for group in ("optimizer", "schedule", "regularizer")
     for p in sorted((CONF / group).glob("*.yaml"))
-]
+] + ["accumulate_steps=3", "optimizer.clip_grad_norm=0.05"]
 
 
 def _stop_resume_and_compare(option: str) -> str | None:

@@ -87,3 +87,25 @@ def test_selection_watches_the_loss_unless_told_and_infers_the_direction():
     assert chosen.selection == ("accuracy", True)
     told = compose_config("early_stopping.monitor=val_accuracy", "early_stopping.mode=min")
     assert build_experiment(told).selection == ("accuracy", False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["optimizer=lbfgs", "optimizer.clip_grad_norm=1"], "optimizer=lbfgs cannot clip"),
+        (["optimizer=lbfgs", "accumulate_steps=2"], "set accumulate_steps=1"),
+        (
+            ["optimizer.clip_grad_norm=0"],
+            "optimizer.clip_grad_norm must be null or a number above 0",
+        ),
+        (["optimizer.clip_grad_norm=inf"], "must be null or a number above 0"),
+        (["accumulate_steps=0"], "accumulate_steps must be >= 1"),
+        (["batch_size=8", "accumulate_steps=9"], "accumulate_steps=9 splits each batch of 8"),
+    ],
+)
+def test_clipping_and_accumulation_refuse_what_makes_no_sense(overrides, fragment):
+    from trainlab.experiment import build_experiment
+
+    with pytest.raises(ConfigError) as error:
+        build_experiment(compose_config(*overrides))
+    assert fragment in str(error.value)

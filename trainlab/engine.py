@@ -7,6 +7,7 @@ numbers stay on the device until a logging interval or the end of an epoch reads
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +32,8 @@ class FitSettings:
     restore_best: bool = True
     monitor: str = "loss"  # the validation metric that decides the best epoch and stopping
     maximize: bool = False  # whether larger values of it are better
+    clip_grad_norm: float | None = None  # the gradients' largest global L2 norm; None: no clip
+    accumulate_steps: int = 1  # micro-batches per optimizer step (one batch, split)
     checkpoint_every_steps: int | None = None  # also checkpoint mid-epoch every N steps
 
 
@@ -164,6 +167,7 @@ class _Loop:
         self.reduce_mean = reduce_mean or (lambda values: values)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.state = state
+        self.grad_norm = torch.zeros(())  # of the last step, before clipping (when clipping)
         if state.sums is None:
             state.sums = torch.zeros(2, 2, device=self.parameters[0].device)
         self.epoch_start = 0.0
@@ -215,15 +219,16 @@ class _Loop:
 
         def closure() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
-            data_loss = self.loss_fn(self.model(inputs), targets)
-            penalty = self.penalty() if self.penalty is not None else None
-            total = data_loss if penalty is None else data_loss + penalty
-            total.backward()
+            data_loss, penalty = self._backward(inputs, targets)
+            if self.settings.clip_grad_norm is not None:  # the norm logged is the one before
+                self.grad_norm = torch.nn.utils.clip_grad_norm_(
+                    self.parameters, self.settings.clip_grad_norm
+                )
             if not reported:  # L-BFGS evaluates several times; the step's first value counts
-                reported.append(data_loss.detach())
+                reported.append(data_loss)
                 if penalty is not None:
-                    reported.append(penalty.detach())
-            return total
+                    reported.append(penalty)
+            return data_loss if penalty is None else data_loss + penalty
 
         self.optimizer.step(closure)
         self.state.sums[LOSS] += reported[0]
@@ -233,6 +238,37 @@ class _Loop:
         self.state.epoch_steps += 1
         self.state.interval_steps += 1
         self.schedule.step_done()
+
+    def _backward(
+        self, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The gradient of the batch's loss plus penalty, over ``accumulate_steps``
+        micro-batches: each one's mean loss weighted by its share of the batch, so that the
+        sum is the batch's mean and its gradient the batch's (exactly so for losses that
+        average over examples). The penalty is weighted the same way, once in all."""
+        count = min(
+            self.settings.accumulate_steps, len(inputs)
+        )  # a short last batch: no empty part
+        parts = zip(inputs.tensor_split(count), targets.tensor_split(count), strict=True)
+        data_loss, penalty = torch.zeros((), device=inputs.device), None
+        for index, (part_inputs, part_targets) in enumerate(parts):
+            share = len(part_inputs) / len(inputs)
+            last = index == count - 1
+            with self._gradients_kept_local(not last):
+                part_loss = self.loss_fn(self.model(part_inputs), part_targets)
+                part_penalty = self.penalty() if self.penalty is not None else None
+                total = part_loss if part_penalty is None else part_loss + part_penalty
+                (total * share).backward()
+            data_loss = data_loss + part_loss.detach() * share
+            if part_penalty is not None:
+                penalty = part_penalty.detach()  # the same for every part: the weights did not move
+        return data_loss, penalty
+
+    def _gradients_kept_local(self, local: bool) -> Any:
+        """Data-parallel: gradients stay on each process until the step's last micro-batch,
+        whose backward averages the sum over the processes (DistributedDataParallel.no_sync)."""
+        no_sync = getattr(self.model, "no_sync", None)
+        return no_sync() if local and no_sync is not None else contextlib.nullcontext()
 
     def _stop_after_step(self, epoch: int) -> bool:
         """Log at the interval (and stop on divergence), stop on request (after a
@@ -252,7 +288,9 @@ class _Loop:
     def _log_interval(self, epoch: int) -> bool:
         """Report the interval's mean loss and penalty (one read-back); True if it diverged."""
         state = self.state
-        values = torch.cat([state.sums[:, INTERVAL], gradient_norm(self.parameters).reshape(1)])
+        clipped = self.settings.clip_grad_norm is not None  # then the norm before clipping
+        norm = self.grad_norm if clipped else gradient_norm(self.parameters)
+        values = torch.cat([state.sums[:, INTERVAL], norm.reshape(1)])
         loss_total, penalty_total, grad_norm = self.reduce_mean(values).tolist()
         loss = loss_total / state.interval_steps
         penalty = penalty_total / state.interval_steps

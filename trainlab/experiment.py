@@ -38,6 +38,7 @@ class RunSettings:
 
     epochs: int
     batch_size: int
+    accumulate_steps: int
     seed: int
     device: str
     log_every_steps: int
@@ -90,8 +91,8 @@ def read_run_settings(config: Mapping[str, Any]) -> RunSettings:
         0 <= settings.seed < 2**63, f"seed must be in [0, 2^63), got {settings.seed} (e.g. seed=0)"
     )
     for key in (
-        "epochs", "batch_size", "log_every_steps", "eval_every_epochs", "eval_batch_size",
-        "members_per_gpu",
+        "epochs", "batch_size", "accumulate_steps", "log_every_steps", "eval_every_epochs",
+        "eval_batch_size", "members_per_gpu",
     ):  # fmt: skip
         value = getattr(settings, key)
         require(value >= 1, f"{key} must be >= 1, got {value} (e.g. {key}=10)")
@@ -183,6 +184,11 @@ class Experiment:
         settings, choice = self.settings, self.optimizer_choice
         full_batch = choice.full_batch or settings.batch_size >= spec.train_size
         batch_size = spec.train_size if full_batch else settings.batch_size
+        require(
+            settings.accumulate_steps <= batch_size,
+            f"accumulate_steps={settings.accumulate_steps} splits each batch of {batch_size} "
+            "examples into more micro-batches than it has examples; lower accumulate_steps",
+        )
         optimizer = choice.build(self.model.parameters())
         plan = TrainingPlan(settings.epochs, math.ceil(spec.train_size / batch_size))
         schedule = build_schedule(self.config.schedule, optimizer, plan)
@@ -211,6 +217,11 @@ def build_experiment(config: DictConfig, world: int = 1) -> Experiment:
     loss_fn = build_loss(config.loss, spec)
     selection = watched(config, spec)
     optimizer_choice = read_optimizer(config.optimizer)
+    require(
+        settings.accumulate_steps == 1 or optimizer_choice.name != "lbfgs",
+        "optimizer=lbfgs evaluates its loss several times per step for its line search, which "
+        "micro-batches cannot share; set accumulate_steps=1",
+    )
     if world > 1:
         check_parallel(settings, optimizer_choice, spec, world)
     if settings.cpu_threads is not None:
@@ -281,6 +292,12 @@ def check_parallel(
         settings.batch_size % world == 0,
         f"batch_size={settings.batch_size} (the global batch) does not divide among {world} "
         f"processes; use a multiple of {world}",
+    )
+    share = settings.batch_size // world
+    require(
+        settings.accumulate_steps <= share,
+        f"accumulate_steps={settings.accumulate_steps} splits each process's {share} examples "
+        "of a batch into more micro-batches than it has examples; lower accumulate_steps",
     )
     last = spec.train_size % settings.batch_size
     require(

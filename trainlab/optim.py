@@ -69,6 +69,7 @@ class OptimizerChoice:
     name: str
     full_batch: bool
     settings: dict[str, Any]
+    clip_grad_norm: float | None = None  # trainlab's own: the gradients' largest global L2 norm
 
     def build(self, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         try:
@@ -82,13 +83,15 @@ class OptimizerChoice:
 def read_optimizer(config: Mapping[str, Any]) -> OptimizerChoice:
     """Check the optimizer config; building waits for the model's parameters."""
     name, _, settings = choose(
-        "optimizer", config, OPTIMIZERS, supplied=_INTERNAL_KNOBS, own_keys=("full_batch",)
-    )
+        "optimizer", config, OPTIMIZERS, supplied=_INTERNAL_KNOBS,
+        own_keys=("full_batch", "clip_grad_norm"),
+    )  # fmt: skip
     full_batch = config.get("full_batch", False)
     require(
         isinstance(full_batch, bool),
         f"optimizer.full_batch must be true or false, got {full_batch!r}",
     )
+    clip = _clip_grad_norm(config.get("clip_grad_norm"), name)
     positive("optimizer.lr", settings.get("lr", 1.0))
     # torch accepts any value for these; outside the range they make no sense
     if "momentum" in settings:  # 1 or more never converges
@@ -106,9 +109,26 @@ def read_optimizer(config: Mapping[str, Any]) -> OptimizerChoice:
             "L-BFGS on mini-batches is noisy and often unstable: its curvature estimates and "
             "line search assume one fixed objective (optimizer.full_batch=true avoids this)"
         )
-    choice = OptimizerChoice(name, full_batch, settings)
+    choice = OptimizerChoice(name, full_batch, settings, clip)
     _probe(choice)
     return choice
+
+
+def _clip_grad_norm(value: Any, name: str) -> float | None:
+    """null, or a positive finite norm; L-BFGS refuses it (its line search reads the true
+    gradient along the direction it chose: clipped ones would mislead it)."""
+    if value is None:
+        return None
+    require(
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf,
+        f"optimizer.clip_grad_norm must be null or a number above 0, got {value!r}",
+    )
+    require(
+        OPTIMIZERS[name] is not torch.optim.LBFGS,
+        "optimizer=lbfgs cannot clip gradients: its line search needs the true gradient; "
+        "set optimizer.clip_grad_norm=null",
+    )
+    return float(value)
 
 
 def _probe(choice: OptimizerChoice) -> None:

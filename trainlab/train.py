@@ -230,6 +230,8 @@ def train(
         monitor=setup.experiment.selection[0],
         maximize=setup.experiment.selection[1],
         restore_best=settings.restore_best,
+        clip_grad_norm=setup.experiment.optimizer_choice.clip_grad_norm,
+        accumulate_steps=settings.accumulate_steps,
         checkpoint_every_steps=settings.checkpoint["every_steps"],
     )
     return fit(
