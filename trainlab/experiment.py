@@ -23,6 +23,7 @@ from trainlab.config_keys import GROUPS
 from trainlab.data import DatasetSpec, describe_dataset
 from trainlab.errors import ConfigError, first_line
 from trainlab.losses import LossFn, build_loss
+from trainlab.lr_find import read_probe_settings
 from trainlab.metric_names import monitored
 from trainlab.models import build_model, for_device, uses_convolutions
 from trainlab.optim import LRSchedule, OptimizerChoice, TrainingPlan, build_schedule, read_optimizer
@@ -36,6 +37,8 @@ log = logging.getLogger("trainlab")
 class RunSettings:
     """The top-level keys of the config (everything outside the groups)."""
 
+    mode: Literal["train", "lr_find"]
+    lr_find: dict
     epochs: int
     batch_size: int
     accumulate_steps: int
@@ -104,6 +107,7 @@ def read_run_settings(config: Mapping[str, Any]) -> RunSettings:
     _early_stopping(**check_settings("early_stopping", settings.early_stopping, _early_stopping))
     _checkpoint(**check_settings("checkpoint", settings.checkpoint, _checkpoint))
     _report(**check_settings("report", settings.report, _report))
+    read_probe_settings(**check_settings("lr_find", settings.lr_find, read_probe_settings))
     return settings
 
 

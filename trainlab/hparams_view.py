@@ -103,7 +103,8 @@ def experiment_summary(runs: Sequence[Results]) -> Summary:
 
 def write_view(folder: Path, runs: Sequence[Results]) -> Path | None:
     """Write the HParams view of ``runs`` into ``folder``; None (nothing written) when no run
-    has hparams yet."""
+    has hparams yet. Learning-rate probes (mode=lr_find) have no results to compare."""
+    runs = [run for run in runs if run.get("kind") != "lr_find"]
     if not any(run.get("hparams") for run in runs):
         return None
     from tensorboard.compat.proto.event_pb2 import Event

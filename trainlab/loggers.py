@@ -160,6 +160,13 @@ class TensorBoardLogger(Callback):
                 self.writer.add_scalar(f"epoch/{name}", value, epoch)
 
     @_names_the_event_file
+    def write_probe_point(self, step: int, lr: float, loss: float, smoothed: float) -> None:
+        """One step of a learning-rate range test (mode=lr_find)."""
+        self.writer.add_scalar("lr_find/lr", lr, step)
+        self.writer.add_scalar("lr_find/loss", loss, step)
+        self.writer.add_scalar("lr_find/smoothed_loss", smoothed, step)
+
+    @_names_the_event_file
     def write_final(self, metrics: Mapping[str, float], step: int) -> None:
         """Final numbers as ``final/*`` scalars (the HParams dashboard's metric columns), at
         the run's last step, where the curves end."""
@@ -176,6 +183,7 @@ class NullLogger(Callback):
     """Where the events of a data-parallel run's other processes go: nowhere."""
 
     def flush(self) -> None: ...
+    def write_probe_point(self, step: int, lr: float, loss: float, smoothed: float) -> None: ...
     def write_final(self, metrics: Mapping[str, float], step: int) -> None: ...
     def close(self) -> None: ...
 
@@ -314,6 +322,18 @@ class ConsoleLogger(Callback):
 
     def on_fit_end(self, result: FitResult | None) -> None:
         self.progress.stop()  # idempotent
+
+    def probe_summary(self, metrics: Mapping[str, Any], run_dir: Path) -> None:
+        """A learning-rate range test's suggestion, and the command that trains with it."""
+        self.console.print(f"[bold]{self.title}[/bold]: lr range test, {metrics['message']}")
+        if metrics["suggested_lr"] is None:
+            self.console.print("no suggestion: no step gave a finite loss; lower lr_find.min_lr")
+            return
+        self.console.print(
+            f"suggested lr [bold]{metrics['suggested_lr']:.3g}[/bold] ({metrics['rule']}); "
+            f"curve in {run_dir / 'lr_find.png'}\ntrain with it: {metrics['command']}",
+            soft_wrap=True,
+        )
 
     def summary(self, metrics: Mapping[str, Any], run_dir: Path) -> None:
         """Print the run's outcome and final numbers."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.console import Console
 from rich.table import Table
 
 from trainlab.config_keys import flatten, runtime_only
@@ -389,11 +390,27 @@ def curve(run: Run, tag: str) -> tuple[list[int], list[float]]:
 
 
 def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Group]:
-    """Write the report files for the runs below ``root``; return the ranked groups."""
-    runs = find_runs(root)
-    if not runs:
+    """Write the report files for the runs below ``root``; return the ranked groups. Learning-
+    rate probes (mode=lr_find) are listed apart, with their suggestions, and never ranked."""
+    from trainlab.report_probes import PROBE_CSV, is_probe, probe_table, write_probe_csv
+
+    found = find_runs(root)
+    if not found:
         raise ReportError(f"no runs (metrics.json files) below {root}")
     console = make_console()
+    probes = [run for run in found if is_probe(run)]
+    if probes:
+        write_probe_csv(root / PROBE_CSV, probes)
+        console.print(probe_table(probes, f"{len(probes)} probes in {root}"))
+        console.print(f"wrote {PROBE_CSV} in {root}", soft_wrap=True)
+    runs = [run for run in found if not is_probe(run)]
+    return _report_runs(root, runs, metric, plots, console) if runs else []
+
+
+def _report_runs(
+    root: Path, runs: list[Run], metric: str | None, plots: bool, console: Console
+) -> list[Group]:
+    """Rank the runs, answer, write the summaries and the pictures."""
     tasks = {run.metrics.get("task") for run in runs} - {None}
     if len(tasks) > 1:
         console.print(

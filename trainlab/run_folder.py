@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,6 +56,7 @@ LOG_NAME = "trainlab.log"  # hydra.job.name's log (see trainlab.runlog)
 METRICS_NAME = "metrics.json"
 PROVENANCE_NAME = "provenance.json"
 DIFF_NAME = "git_diff.patch"
+PROBE_PLOT_NAME = "lr_find.png"  # a learning-rate probe's curve (mode=lr_find)
 FINISHED = ("completed", "early_stopped", "diverged")
 STATUSES = (*FINISHED, "running", "interrupted", "failed")
 Action = Literal["new", "done", "resume", "rerun"]
@@ -99,6 +100,7 @@ class Found:
 def _is_run_file(name: str) -> bool:
     return (
         name in (METRICS_NAME, PROVENANCE_NAME, DIFF_NAME, CHECKPOINT_NAME, ".hydra", LOG_NAME)
+        or name == PROBE_PLOT_NAME
         or name in (LOCK_NAME, UNDO_NAME)
         or name.startswith("events.out.tfevents.")
         or (name.startswith(".") and name.endswith(".tmp"))
@@ -146,6 +148,11 @@ def action_for(found: Found, run_dir: Path, *, resume: bool, multirun: bool) -> 
             "changes nothing there; restore the file, or move the folder away to run it anew"
         )
     if resume:
+        if (found.metrics or {}).get("kind") == "lr_find":
+            raise UserError(
+                f"{run_dir} holds a learning-rate probe (mode=lr_find), which has nothing to "
+                "continue; run it again, or train with the command in its metrics.json"
+            )
         if not found.checkpoint:
             raise UserError(_no_checkpoint(found, run_dir))
         return "resume"
@@ -153,6 +160,11 @@ def action_for(found: Found, run_dir: Path, *, resume: bool, multirun: bool) -> 
         return _decide_without_metrics(found, run_dir, multirun)
     if found.status in FINISHED and multirun:
         return "done"
+    if found.metrics.get("kind") == "lr_find" and found.status in FINISHED:
+        raise UserError(
+            f"{run_dir} already holds a learning-rate probe ({found.status}); choose another "
+            "hydra.run.dir"
+        )
     if found.status in FINISHED or (found.resumable and not multirun):
         over = f", delete {run_dir / CHECKPOINT_NAME} to start it over" if found.resumable else ""
         raise UserError(
@@ -482,6 +494,15 @@ class RunFolder:
     def save_checkpoint(self, parts: dict[str, Any]) -> None:
         save_checkpoint(self.path / CHECKPOINT_NAME, parts)
 
+    def write_picture(self, name: str, draw: Callable[[Path], None]) -> None:
+        """``draw(path)`` into a temporary file, renamed to ``name`` once whole."""
+        temporary = self.path / f".{name}.tmp"
+        try:
+            draw(temporary)
+            os.replace(temporary, self.path / name)
+        finally:
+            temporary.unlink(missing_ok=True)
+
     # -- how the run ends --
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -590,7 +611,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-ATTEMPT_FILES = (METRICS_NAME, PROVENANCE_NAME, DIFF_NAME, CHECKPOINT_NAME)
+ATTEMPT_FILES = (METRICS_NAME, PROVENANCE_NAME, DIFF_NAME, CHECKPOINT_NAME, PROBE_PLOT_NAME)
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 
@@ -695,6 +716,8 @@ class Bystander:
         self.stage = "started"
 
     def save_checkpoint(self, parts: dict[str, Any]) -> None: ...
+
+    def write_picture(self, name: str, draw: Callable[[Path], None]) -> None: ...
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return metrics

@@ -19,6 +19,7 @@ from trainlab.errors import UserError, path_error
 from trainlab.files import FolderLocked, OutputError, lock_folder
 from trainlab.hparams_view import write_view
 from trainlab.report import Group, Run, default_metric, find_runs, rank
+from trainlab.report_probes import is_probe, probe_table
 
 LOCK_NAME = ".trainlab.lock"
 EXIT_USER_ERROR = 2
@@ -122,13 +123,18 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         self._release(sweep_dir)
         # Launchers that run jobs in other processes never call on_job_end here: scan instead.
-        runs = find_runs(sweep_dir, self.member_dirs or None)
+        found = find_runs(sweep_dir, self.member_dirs or None)
         console = make_console()
-        console.print(summary_table(runs, f"sweep {sweep_dir}"))
+        probes = [run for run in found if is_probe(run)]
+        runs = [run for run in found if not is_probe(run)]
+        if probes:
+            console.print(probe_table(probes, f"sweep {sweep_dir}"))
+        if runs or not probes:
+            console.print(summary_table(runs, f"sweep {sweep_dir}"))
         _write_hparams_view(sweep_dir, console)
-        failed = [run.name for run in runs if run.status == "failed"]
+        failed = [run.name for run in found if run.status == "failed"]
         if failed:
-            console.print(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
+            console.print(f"{len(failed)} of {len(found)} runs failed: {', '.join(failed)}")
             raise SystemExit(1)
 
     def _release(self, sweep_dir: Path) -> None:

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab.checkpoint import load_checkpoint
+from trainlab.config_keys import override_key, shell_override
 from trainlab.console import make_console
 from trainlab.data import Dataset, InMemoryLoader, load_dataset
 from trainlab.distributed import Team, reduce_sum
@@ -34,9 +35,10 @@ from trainlab.experiment import (
 )
 from trainlab.job import Job
 from trainlab.loggers import ConsoleLogger, NullLogger, TensorBoardLogger, hparams_of
+from trainlab.lr_find import plot, probe, read_probe_settings
 from trainlab.metrics import PRIMARY_METRIC, evaluate, metric_names
 from trainlab.resume import check_resumable, checkpoint_parts, restore
-from trainlab.run_folder import CHECKPOINT_NAME, Plan, claimed, now
+from trainlab.run_folder import CHECKPOINT_NAME, PROBE_PLOT_NAME, Plan, claimed, now
 
 log = logging.getLogger("trainlab")
 
@@ -55,8 +57,11 @@ def run(config: DictConfig, job: Job) -> dict[str, Any]:
         model = team.data_parallel(setup.experiment.model, setup.device, setup.settings.seed)
         state = resume_state(setup, job, team)  # 5. where a resume continues
         with Loggers(setup, plan, job, team, state) as loggers:
-            result = train(setup, model, state, folder, loggers, job, team)  # 6. fit
-            metrics = results(setup, model, result, folder.provenance, job, team, clock)  # 7. test
+            if setup.settings.mode == "lr_find":  # 6-7. a probe of the lr instead of a fit
+                metrics = find_lr(setup, model, folder, loggers, job, team, clock)
+            else:
+                result = train(setup, model, state, folder, loggers, job, team)  # 6. fit
+                metrics = results(setup, model, result, folder.provenance, job, team, clock)  # 7.
             loggers.write_final(metrics)
         metrics = folder.finish(metrics)  # 8. the outcome, in one write
         loggers.summary(metrics, job)
@@ -187,6 +192,10 @@ class Loggers:
 
     def write_final(self, metrics: dict[str, Any]) -> None:
         """Final numbers as ``final/*`` scalars (the HParams dashboard's metric columns)."""
+        if metrics.get("kind") == "lr_find":
+            if metrics["suggested_lr"] is not None:
+                self.tensorboard.write_final({"suggested_lr": metrics["suggested_lr"]}, 0)
+            return
         if metrics["status"] == "interrupted":
             return
         flat = {f"test_{k}": v for k, v in (metrics["test"] or {}).items()}
@@ -202,7 +211,10 @@ class Loggers:
             return
         message = f": {metrics['message']}" if metrics.get("message") else ""
         log.info("%s%s -> %s", metrics["status"], message, job.run_dir / "metrics.json")
-        self.console.summary(metrics, job.run_dir)
+        if metrics.get("kind") == "lr_find":
+            self.console.probe_summary(metrics, job.run_dir)
+        else:
+            self.console.summary(metrics, job.run_dir)
 
 
 def train(
@@ -250,6 +262,56 @@ def evaluate_split(setup: Setup, model: torch.nn.Module, name: str, team: Team) 
         setup.settings.eval_batch_size, setup.data.prepare,
         shard=(team.processes.rank, team.processes.world), reduce_sum=reduce_sum,
     )  # fmt: skip
+
+
+def find_lr(
+    setup: Setup, model: torch.nn.Module, folder: Any, loggers: Loggers, job: Job, team: Team,
+    clock: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The learning-rate range test (trainlab.lr_find): its curve to TensorBoard and
+    lr_find.png, the suggestion and the command that trains with it to metrics.json."""
+    settings = read_probe_settings(**setup.settings.lr_find)
+    curve = probe(
+        model, setup.experiment.loss_fn, setup.training.optimizer, setup.training.penalty,
+        setup.loader, settings, loggers.tensorboard.write_probe_point, team.mean(),
+    )  # fmt: skip
+    suggested, rule = curve.suggestion()
+    title = f"{job.title}: lr range test ({len(curve.lrs)} steps)"
+    folder.write_picture(PROBE_PLOT_NAME, lambda path: plot(path, curve, suggested, title))
+    kept = [
+        o
+        for o in setup.plan.overrides
+        if override_key(o) not in ("mode", "optimizer.lr") and not o.startswith("lr_find.")
+    ]
+    command = None if suggested is None else " ".join(
+        ["trainlab", *kept, shell_override("optimizer.lr", float(f"{suggested:.3g}"))]
+    )  # fmt: skip
+    last = curve.lrs[-1] if curve.lrs else settings.min_lr
+    message = (
+        f"stopped at lr {last:.3g}: the smoothed loss rose past {settings.divergence:g}x its best"
+        if curve.stopped_early
+        else f"ramped the lr to {last:.3g}"
+    )
+    return {
+        "kind": "lr_find",
+        "status": "completed" if suggested is not None else "diverged",
+        "message": message,
+        "task": setup.data.spec.task,
+        "suggested_lr": suggested,
+        "rule": rule,
+        "command": command,
+        "steps": len(curve.lrs),
+        "epochs_run": 0,
+        "curve": {"lr": curve.lrs, "loss": curve.losses, "smoothed": curve.smoothed},
+        "hparams": hparams_of(
+            setup.config, setup.data.spec, setup.training.batch_size, setup.plan.overrides
+        ),
+        "finished_at": now(),
+        "host": socket.gethostname(),
+        "config_hash": folder.provenance.get("config_hash"),
+        "processes": team.processes.world,
+        "wall_time_s": time.perf_counter() - clock,
+    }
 
 
 def interrupted(result: FitResult, setup: Setup, job: Job) -> dict[str, Any]:

@@ -5,8 +5,8 @@
 - regression: a smooth non-linear function with Gaussian noise, and a fraction of training and
   validation targets hit by gross outliers (the test set stays clean, so it measures how well
   the true function was learnt: where MSE, MAE and Huber differ);
-- ranking: queries with lists of items whose graded relevance (0-4) follows a noisy non-linear
-  utility of the item features.
+- ranking: queries with lists of items whose graded relevance (0-4) follows a non-linear
+  utility of the item features with heteroscedastic noise (few relevant items per list).
 
 Sizes count examples; for ranking they count queries (each holding ``list_size`` items).
 """
@@ -20,8 +20,8 @@ import torch
 from trainlab.data.base import Dataset, DatasetSpec, Split, Task
 from trainlab.settings import fraction, non_negative, positive, require
 
-# Relevance grades by utility quantile: half the items irrelevant, few highly relevant.
-_GRADE_QUANTILES = torch.tensor([0.5, 0.75, 0.9, 0.97])
+# Relevance grades by utility quantile: 85 % of the items irrelevant, 1 % perfect (grade 4).
+_GRADE_QUANTILES = torch.tensor([0.85, 0.93, 0.97, 0.99])
 
 
 def describe(
@@ -38,6 +38,8 @@ def describe(
     outlier_scale: float,
     list_size: int,
     ndcg_k: int,
+    relevance_noise: float = 0.5,
+    noise_spread: float = 1.2,
 ) -> DatasetSpec:
     """Validate the settings and say what the data will look like, without generating it."""
     for name, size in (
@@ -65,11 +67,7 @@ def describe(
     positive("dataset.turns", turns)
     fraction("dataset.outliers", outliers)
     non_negative("dataset.outlier_scale", outlier_scale)
-    require(list_size >= 2, f"dataset.list_size must be >= 2, got {list_size}")
-    require(
-        1 <= ndcg_k <= list_size,
-        f"dataset.ndcg_k must be in [1, dataset.list_size={list_size}], got {ndcg_k}",
-    )
+    _check_ranking(list_size, ndcg_k, relevance_noise, noise_spread)
     sizes = {"train_size": train_size, "val_size": val_size, "test_size": test_size}
     if task == "classification":
         return DatasetSpec("synthetic", task, (features,), classes, **sizes, num_classes=classes)
@@ -84,6 +82,18 @@ def describe(
         list_size=list_size,
         ndcg_k=ndcg_k,
     )
+
+
+def _check_ranking(list_size: int, ndcg_k: int, relevance_noise: float, spread: float) -> None:
+    require(list_size >= 2, f"dataset.list_size must be >= 2, got {list_size}")
+    require(
+        1 <= ndcg_k <= list_size,
+        f"dataset.ndcg_k must be in [1, dataset.list_size={list_size}], got {ndcg_k}",
+    )
+    non_negative("dataset.relevance_noise", relevance_noise)
+    require(
+        0 <= spread <= 3, f"dataset.noise_spread must be in [0, 3], got {spread} (e.g. 1.2)"
+    )  # exp(3 z) of a normal z already spans five orders of magnitude
 
 
 def load(**settings) -> Dataset:
@@ -153,11 +163,17 @@ def _with_outliers(targets: torch.Tensor, settings: dict, generator: torch.Gener
 
 
 def _ranking(count: int, settings: dict, generator: torch.Generator):
+    """Items whose relevance is a noisy non-linear utility of their features, graded 0-4 by
+    quantile. The noise is heteroscedastic: some items are far more uncertain than others
+    (scale ``relevance_noise`` x exp(``noise_spread`` x a feature direction)), so the top-heavy
+    NDCG rewards a ranking the expected grade alone does not give, and the pointwise, pairwise
+    and listwise losses, which weigh items and pairs differently, learn different rankings."""
     features, list_size = settings["features"], settings["list_size"]
     inputs = torch.randn(count, list_size, features, generator=generator)
-    a, b = (_unit_vector(features, generator) for _ in range(2))
-    utility = inputs @ a + 0.7 * torch.tanh(2 * inputs @ b) * (inputs @ a)
-    utility += settings["noise"] * torch.randn(count, list_size, generator=generator)
+    a, b, c, d = (_unit_vector(features, generator) for _ in range(4))
+    mean = torch.sin(1.5 * inputs @ a) + 0.3 * (inputs @ a) + 0.5 * (inputs @ b) * (inputs @ c)
+    scale = settings["relevance_noise"] * torch.exp(settings["noise_spread"] * (inputs @ d))
+    utility = mean + scale * torch.randn(count, list_size, generator=generator)
     thresholds = torch.quantile(utility.flatten(), _GRADE_QUANTILES)
     grades = torch.bucketize(utility, thresholds).float()
     return inputs, grades
