@@ -27,7 +27,7 @@ def test_split_sizes_and_shapes(task):
     if task == "regression":
         assert data.train.targets.shape == (300, 1)
     if task == "ranking":
-        assert data.train.inputs.shape == (300, 20, 8) and data.train.targets.shape == (300, 20)
+        assert data.train.inputs.shape == (300, 50, 8) and data.train.targets.shape == (300, 50)
         assert set(data.train.targets.unique().tolist()) == {0.0, 1.0, 2.0, 3.0, 4.0}
 
 
@@ -47,6 +47,21 @@ def test_regression_outliers_hit_train_and_val_only():
     assert 0.15 < hit.float().mean().item() < 0.25
     assert torch.equal(clean.test.targets, noisy.test.targets)
     assert torch.equal(clean.train.inputs, noisy.train.inputs)
+
+
+def test_ranking_lists_hold_few_relevant_items_and_no_ranking_is_perfect():
+    """15 % relevant, 1 % perfect; even ranking by the noiseless utility's order of the grades
+    leaves NDCG well below 1 on average, as the noise reorders the items."""
+    from trainlab.metrics import ndcg_at_k
+
+    data = load_dataset(dataset_config(task="ranking", train_size=400))
+    grades = data.train.targets
+    assert (grades > 0).float().mean().item() == pytest.approx(0.15, abs=0.01)
+    assert (grades == 4).float().mean().item() == pytest.approx(0.01, abs=0.005)
+    by_first_feature = ndcg_at_k(data.train.inputs[..., 0], grades, 10).mean().item()
+    assert by_first_feature < 0.5  # one feature alone ranks poorly: the task needs a model
+    with pytest.raises(ConfigError, match=r"dataset\.noise_spread must be in \[0, 3\]"):
+        describe_dataset(dataset_config(task="ranking", noise_spread=5.0))
 
 
 def test_describe_validates_without_loading():

@@ -94,17 +94,18 @@ def probe(
     settings: ProbeSettings,
     on_point: Callable[[int, float, float, float], None] = lambda *point: None,
     reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    clip_grad_norm: float | None = None,
 ) -> Curve:
     """Step ``optimizer`` at growing lrs over ``batches`` (cycled); the curve it saw.
     ``on_point(step, lr, loss, smoothed)`` after each step; ``reduce_mean`` averages the loss
-    over data-parallel processes."""
+    over data-parallel processes; ``clip_grad_norm`` clips as the run would."""
     curve, average, best = Curve(), 0.0, math.inf
     model.train()
     for step, (inputs, targets) in zip(range(settings.steps), _forever(batches), strict=False):
         lr = lr_at(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = _step(model, loss_fn, optimizer, penalty, inputs, targets)
+        loss = _step(model, loss_fn, optimizer, penalty, inputs, targets, clip_grad_norm)
         value = (reduce_mean(loss.reshape(1)) if reduce_mean else loss).item()
         if not math.isfinite(value):
             curve.stopped_early = True
@@ -129,7 +130,7 @@ def _forever(
         yield from batches
 
 
-def _step(model, loss_fn, optimizer, penalty, inputs, targets) -> torch.Tensor:
+def _step(model, loss_fn, optimizer, penalty, inputs, targets, clip) -> torch.Tensor:
     """One optimizer step (a closure, as L-BFGS needs); the data loss before it."""
     seen: list[torch.Tensor] = []
 
@@ -138,6 +139,8 @@ def _step(model, loss_fn, optimizer, penalty, inputs, targets) -> torch.Tensor:
         data_loss = loss_fn(model(inputs), targets)
         total = data_loss if penalty is None else data_loss + penalty()
         total.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         if not seen:
             seen.append(data_loss.detach())
         return total.detach()
