@@ -101,3 +101,24 @@ def test_the_report_lists_probes_apart_and_never_ranks_them(tmp_path, capsys):
     rows = (tmp_path / "lr_find.csv").read_text().splitlines()
     assert rows[0] == "probe,loss,status,suggested_lr,rule,command" and len(rows) == 3
     assert not (tmp_path / "summary.csv").exists()
+
+
+def test_a_sweep_of_probes_ends_with_their_suggestions_not_a_ranking(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from trainlab.sweep import SweepSummary
+
+    for loss, lr in (("mse", 7e-4), ("cross_entropy", 0.027)):
+        run_dir = tmp_path / f"loss={loss}"
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "overrides.yaml").write_text(f"- loss={loss}\n")
+        probe_metrics = {
+            "kind": "lr_find", "status": "completed", "suggested_lr": lr,
+            "command": f"trainlab loss={loss} optimizer.lr={lr}",
+        }  # fmt: skip
+        (run_dir / "metrics.json").write_text(json.dumps(probe_metrics))
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    out = capsys.readouterr().out
+    assert "learning-rate range tests" in out and "ranked by" not in out
+    assert "trainlab loss=cross_entropy optimizer.lr=0.027" in out
+    assert not any(tmp_path.glob("events.out.tfevents.*"))  # no HParams view of probes
