@@ -349,3 +349,25 @@ def test_a_run_made_before_a_setting_existed_resumes_with_its_default(tmp_path):
     del saved["report"]
     merged = config_for_resume(saved, given, ["epochs=4"], tmp_path)
     assert merged.report == {"metric": None, "why": None} and merged.epochs == 4
+
+
+def test_settings_added_since_a_run_was_made_are_no_change_unless_set(tmp_path):
+    """A failed member of a sweep started before trainlab gained a setting is rerun by the same
+    command (the new setting holds its default); set on the command line, it is a change."""
+    from trainlab.run_folder import check_same_config
+
+    config = compose_config(*TINY)
+    saved = OmegaConf.to_container(config)
+    del saved["accumulate_steps"], saved["early_stopping"]["monitor"]  # as an older trainlab
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    check_same_config(tmp_path, config, multirun=True, overrides=list(TINY))
+    with pytest.raises(UserError, match=r"accumulate_steps \(run has <absent>, given 2\)"):
+        check_same_config(
+            tmp_path, compose_config(*TINY, "accumulate_steps=2"), multirun=True,
+            overrides=[*TINY, "accumulate_steps=2"],
+        )  # fmt: skip
+    with pytest.raises(UserError, match="epochs"):
+        check_same_config(
+            tmp_path, compose_config(*TINY[:3], "epochs=9"), multirun=True, overrides=["epochs=9"]
+        )

@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +38,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trainlab import provenance, runlog
 from trainlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from trainlab.config_keys import RUNTIME_ONLY, differences, shell_override
+from trainlab.config_keys import RUNTIME_ONLY, differences, flatten, override_key, shell_override
 from trainlab.errors import UserError, first_line
 from trainlab.failures import Failure, Outcome, classify
 from trainlab.failures import decide as decide_outcome
@@ -256,15 +256,27 @@ _REWRITE_HINT = (
 )
 
 
-def check_same_config(run_dir: Path, config: DictConfig, multirun: bool) -> None:
-    """A run is rerun only with the config it was started with (runtime-only keys aside)."""
+def check_same_config(
+    run_dir: Path, config: DictConfig, multirun: bool, overrides: Sequence[str] = ()
+) -> None:
+    """A run is rerun only with the config it was started with (runtime-only keys aside).
+    Settings that trainlab gained since the run was made, and the command line does not
+    set, hold their defaults: they are no change."""
     if not (run_dir / ".hydra" / "config.yaml").exists():
         return
     saved = saved_config(run_dir)
     if provenance.config_hash(saved) == provenance.config_hash(config):
         return
     plain = [OmegaConf.to_container(c, resolve=True) for c in (saved, config)]
-    changed = differences(*plain, ignore=RUNTIME_ONLY)
+    given = {override_key(o).replace("/", ".") for o in overrides}
+    newer = [
+        key
+        for key in flatten(plain[1]).keys() - flatten(plain[0]).keys()
+        if not any(key == name or key.startswith(f"{name}.") for name in given)
+    ]
+    changed = differences(*plain, ignore=[*RUNTIME_ONLY, *newer])
+    if not changed:
+        return
     where = "sweep into a new hydra.sweep.dir" if multirun else "choose another hydra.run.dir"
     raise UserError(f"{run_dir} holds a run of another config ({'; '.join(changed[:3])}); {where}")
 
@@ -305,7 +317,7 @@ def preview(config: DictConfig, run_dir: Path, overrides: list[str]) -> Action:
         os.close(_lock(lock))  # refused at once when another process holds it
     action = action_for(look(run_dir), run_dir, resume=False, multirun=True)
     if action == "rerun":
-        check_same_config(run_dir, config, multirun=True)
+        check_same_config(run_dir, config, multirun=True, overrides=overrides)
     elif action == "new":
         check_new_folder(run_dir, multirun=True)
     return action
@@ -404,7 +416,7 @@ class RunFolder:
             config = config_for_resume(saved, config, overrides, self.path)
             self._config_changed = bool(differences(*_plain(saved, config)))
         elif action == "rerun":
-            check_same_config(self.path, config, multirun)
+            check_same_config(self.path, config, multirun, overrides)
         elif action == "new":
             check_new_folder(self.path, multirun)
         self.plan_ = Plan(
