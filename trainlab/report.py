@@ -472,7 +472,7 @@ def ranked_table(
     ]
     headers = ["#", "runs", "status", "vs best", *shown]
     with_params = [[*row, *group.params] for row, (group, _) in zip(rows, ranked, strict=True)]
-    separate = bool(keys) and _width(with_params, [*headers, *keys]) <= width
+    separate = not keys or _width(with_params, [*headers, *keys]) <= width
     params = (
         [list(g.params) for g, _ in ranked]
         if separate
