@@ -55,6 +55,18 @@ def test_the_probe_stops_once_the_loss_runs_away():
     assert rule == STEEPEST and 1e-2 < suggested < 1.0  # curvature ~ 2: diverges above ~1
 
 
+def test_a_stop_request_ends_the_probe_with_the_curve_so_far():
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    batches = [(torch.randn(8, 2), torch.randn(8, 1))]
+    polls = iter(range(1000))
+    curve = probe(
+        model, nn.functional.mse_loss, optimizer, None, batches, ProbeSettings(steps=50),
+        stop_requested=lambda: next(polls) == 9,
+    )  # fmt: skip
+    assert curve.stopped_on_request and not curve.stopped_early and len(curve.lrs) == 10
+
+
 def test_a_probe_run_writes_its_curve_suggestion_and_command_and_no_checkpoint(tmp_path):
     config = compose_config(
         "mode=lr_find", "dataset.train_size=512", "lr_find.steps=40", "loss=huber"

@@ -56,7 +56,8 @@ class Curve:
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
-    stopped_early: bool = False
+    stopped_early: bool = False  # the loss ran away
+    stopped_on_request: bool = False  # Ctrl-C or SIGTERM: the curve so far still suggests
 
     def suggestion(self) -> tuple[float | None, str]:
         """The suggested lr and the rule that chose it (None: no finite loss was seen). The
@@ -95,10 +96,12 @@ def probe(
     on_point: Callable[[int, float, float, float], None] = lambda *point: None,
     reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
     clip_grad_norm: float | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> Curve:
     """Step ``optimizer`` at growing lrs over ``batches`` (cycled); the curve it saw.
     ``on_point(step, lr, loss, smoothed)`` after each step; ``reduce_mean`` averages the loss
-    over data-parallel processes; ``clip_grad_norm`` clips as the run would."""
+    over data-parallel processes; ``clip_grad_norm`` clips as the run would; a stop request
+    (Ctrl-C) ends the probe after the step, with the curve so far."""
     curve, average, best = Curve(), 0.0, math.inf
     model.train()
     for step, (inputs, targets) in zip(range(settings.steps), _forever(batches), strict=False):
@@ -119,6 +122,9 @@ def probe(
         best = min(best, smoothed)
         if smoothed > settings.divergence * best:
             curve.stopped_early = True
+            break
+        if stop_requested():
+            curve.stopped_on_request = True
             break
     return curve
 

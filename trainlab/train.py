@@ -274,7 +274,7 @@ def find_lr(
     curve = probe(
         model, setup.experiment.loss_fn, setup.training.optimizer, setup.training.penalty,
         setup.loader, settings, loggers.tensorboard.write_probe_point, team.mean(),
-        setup.experiment.optimizer_choice.clip_grad_norm,
+        setup.experiment.optimizer_choice.clip_grad_norm, team.any(job.stop_requested),
     )  # fmt: skip
     suggested, rule = curve.suggestion()
     title = f"{job.title}: lr range test ({len(curve.lrs)} steps)"
@@ -288,11 +288,11 @@ def find_lr(
         ["trainlab", *kept, shell_override("optimizer.lr", float(f"{suggested:.3g}"))]
     )  # fmt: skip
     last = curve.lrs[-1] if curve.lrs else settings.min_lr
-    message = (
-        f"stopped at lr {last:.3g}: the smoothed loss rose past {settings.divergence:g}x its best"
-        if curve.stopped_early
-        else f"ramped the lr to {last:.3g}"
-    )
+    message = f"ramped the lr to {last:.3g}"
+    if curve.stopped_early:
+        message = f"stopped at lr {last:.3g}: the smoothed loss rose past {settings.divergence:g}x its best"
+    elif curve.stopped_on_request:
+        message = f"stopped on request at lr {last:.3g}, after {len(curve.lrs)} steps"
     return {
         "kind": "lr_find",
         "status": "completed" if suggested is not None else "diverged",
