@@ -112,7 +112,7 @@ def test_report_on_a_real_sweep_with_diverging_members(tmp_path, capsys):
     markdown = (sweep / "summary.md").read_text()
     assert "ranked by val_accuracy" in markdown and markdown.count("diverged x2") == 1
     assert f"| 1 | {good['optimizer.lr']} | 2 |" in markdown
-    # One numeric swept key: its sensitivity plot and the curves (from the runs' events); a
+    # One numeric swept key: its sensitivity plot and the curves (from the runs' histories); a
     # heatmap needs two keys (tests/test_report_plots.py draws one).
     pictures = ("sensitivity_val_accuracy.png", "curves_val_accuracy.png")
     for image in pictures:

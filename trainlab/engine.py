@@ -246,9 +246,8 @@ class _Loop:
         micro-batches: each one's mean loss weighted by its share of the batch, so that the
         sum is the batch's mean and its gradient the batch's (exactly so for losses that
         average over examples). The penalty is weighted the same way, once in all."""
-        count = min(
-            self.settings.accumulate_steps, len(inputs)
-        )  # a short last batch: no empty part
+        # A short last batch gets fewer micro-batches, never an empty one.
+        count = min(self.settings.accumulate_steps, len(inputs))
         parts = zip(inputs.tensor_split(count), targets.tensor_split(count), strict=True)
         data_loss, penalty = torch.zeros((), device=inputs.device), None
         for index, (part_inputs, part_targets) in enumerate(parts):

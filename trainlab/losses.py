@@ -36,7 +36,9 @@ def terms(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> torc
     ordered pairs). Evaluation weights each batch's mean by it, so that a split's loss is the
     mean over all of its terms, whatever the evaluation batch size."""
     count = getattr(loss_fn, "terms", None)
-    return count(outputs, targets) if count is not None else torch.tensor(float(len(outputs)))
+    if count is not None:
+        return count(outputs, targets)
+    return torch.tensor(float(len(outputs)), device=outputs.device)
 
 
 def _regression_view(spec: DatasetSpec) -> Callable[[torch.Tensor, torch.Tensor], tuple]:

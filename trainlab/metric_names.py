@@ -19,6 +19,13 @@ def larger_is_better(metric: str) -> bool:
     return not metric.endswith(LOWER_IS_BETTER)
 
 
+def direction(monitor: str, mode: str | None) -> tuple[str, bool]:
+    """``val_accuracy`` -> (``accuracy``, larger is better), ``mode`` (min or max) overruling
+    the name."""
+    name = monitor.removeprefix("val_")
+    return name, larger_is_better(name) if mode is None else mode == "max"
+
+
 def monitored(key: str, monitor: str, mode: str | None, task: str) -> tuple[str, bool]:
     """What a setting such as ``early_stopping.monitor=val_accuracy`` watches: the validation
     metric's name (``accuracy``) and whether larger is better (``mode``: min, max, or None to
@@ -33,4 +40,4 @@ def monitored(key: str, monitor: str, mode: str | None, task: str) -> tuple[str,
         )
     if mode not in (None, "min", "max"):
         raise ValueError(f"{key.rsplit('.', 1)[0]}.mode must be min, max or null, got {mode!r}")
-    return name, larger_is_better(name) if mode is None else mode == "max"
+    return direction(monitor, mode)

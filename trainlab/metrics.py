@@ -8,9 +8,7 @@ import torch
 
 from trainlab.data.base import DatasetSpec, Prepare, Split
 from trainlab.losses import LossFn, terms
-from trainlab.metric_names import PRIMARY_METRIC, names_for
-
-__all__ = ["PRIMARY_METRIC", "evaluate", "metric_names", "ndcg_at_k"]
+from trainlab.metric_names import names_for
 
 
 def ndcg_at_k(scores: torch.Tensor, grades: torch.Tensor, k: int) -> torch.Tensor:

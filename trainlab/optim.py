@@ -18,7 +18,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from trainlab.errors import ConfigError, first_line
-from trainlab.metric_names import larger_is_better
+from trainlab.metric_names import direction
 from trainlab.settings import choose, fraction, non_negative, positive, require
 
 log = logging.getLogger("trainlab")
@@ -336,8 +336,7 @@ def plateau(
     require(patience >= 0, f"schedule.patience must be >= 0, got {patience}")
     non_negative("schedule.threshold", threshold)
     _min_lr_below_base(min_lr, optimizer)
-    name = monitor.removeprefix("val_")
-    maximize = larger_is_better(name) if mode is None else mode == "max"
+    name, maximize = direction(monitor, mode)
     scheduler = lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max" if maximize else "min", factor=factor, patience=patience,
         threshold=threshold, min_lr=min_lr,

@@ -368,7 +368,17 @@ def write_markdown(
 
 
 def curve(run: Run, tag: str) -> tuple[list[int], list[float]]:
-    """A scalar series from the run's TensorBoard events, else from metrics.json's history."""
+    """An ``epoch/*`` series: from metrics.json's history (a finished run holds every epoch
+    there), else from the TensorBoard events of a run still training."""
+    history = run.metrics.get("history") or {}
+    name = tag.split("/", 1)[1]
+    if name in history:
+        pairs = [
+            (e, v)
+            for e, v in zip(history.get("epoch", []), history[name], strict=False)
+            if v is not None
+        ]
+        return [e for e, _ in pairs], [v for _, v in pairs]
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -379,14 +389,7 @@ def curve(run: Run, tag: str) -> tuple[list[int], list[float]]:
             return [p.step for p in points], [p.value for p in points]
     except Exception:  # no or unreadable event files
         pass
-    history = run.metrics.get("history") or {}
-    name = tag.split("/", 1)[1]
-    pairs = [
-        (e, v)
-        for e, v in zip(history.get("epoch", []), history.get(name, []), strict=False)
-        if v is not None
-    ]
-    return [e for e, _ in pairs], [v for _, v in pairs]
+    return [], []
 
 
 def report(root: Path, metric: str | None = None, plots: bool = True) -> list[Group]:

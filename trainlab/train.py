@@ -36,7 +36,8 @@ from trainlab.experiment import (
 from trainlab.job import Job
 from trainlab.loggers import ConsoleLogger, NullLogger, TensorBoardLogger, hparams_of
 from trainlab.lr_find import plot, probe, read_probe_settings
-from trainlab.metrics import PRIMARY_METRIC, evaluate, metric_names
+from trainlab.metric_names import PRIMARY_METRIC
+from trainlab.metrics import evaluate, metric_names
 from trainlab.resume import check_resumable, checkpoint_parts, restore
 from trainlab.run_folder import CHECKPOINT_NAME, PROBE_PLOT_NAME, Plan, claimed, now
 
