@@ -10,6 +10,9 @@ import torch
 
 Task = Literal["classification", "regression", "ranking"]
 TASKS: tuple[Task, ...] = ("classification", "regression", "ranking")
+# Ranking lists of different lengths are padded to the longest; a padded item carries this grade
+# (real grades are >= 0) and every ranking loss and metric leaves it out.
+PAD_GRADE = -1.0
 
 
 @dataclass(frozen=True)

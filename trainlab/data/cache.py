@@ -1,0 +1,76 @@
+"""The decoded-data cache shared by file-backed datasets: decode a user's files once, keep the
+result as tensors under ``<data root>/trainlab-cache/``, and reuse it while the files are unchanged.
+
+A cache entry holds tensors and plain values (names, counts); it records the ``key`` it was made
+for (the files' names, sizes and modification times, plus every setting that shaped the
+decoding) and a CRC-32 of its tensors, so a changed file, a changed setting or a damaged cache
+each mean "decode again", never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainlab.files import OutputError, atomic_write
+
+log = logging.getLogger("trainlab")
+
+
+def cache_path(root: str | Path, name: str, key: str) -> Path:
+    """Where the entry for ``key`` lives: one file per dataset name and key."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(root).expanduser() / "trainlab-cache" / f"{name}-{digest}.pt"
+
+
+def files_key(paths: Iterable[Path], settings: Mapping[str, Any]) -> str:
+    """A key that changes when any file's name, size or modification time, or any setting,
+    changes."""
+    entries = []
+    for path in sorted(paths):
+        status = path.stat()
+        entries.append([str(path.resolve()), status.st_size, status.st_mtime_ns])
+    return json.dumps({"files": entries, "settings": dict(settings)}, sort_keys=True, default=str)
+
+
+def _checksum(contents: Mapping[str, Any]) -> int:
+    value = 0
+    for name in sorted(contents):
+        if isinstance(contents[name], torch.Tensor):
+            value = zlib.crc32(contents[name].contiguous().view(torch.uint8).numpy().tobytes(), value)
+    return value
+
+
+def read_cache(path: Path, key: str) -> dict[str, Any] | None:
+    """The entry at ``path`` if it was made for ``key`` and is intact, else None."""
+    if not path.is_file():
+        return None
+    try:
+        contents = torch.load(path, weights_only=True)
+        if contents.get("key") == key and contents.get("checksum") == _checksum(contents["data"]):
+            return contents["data"]
+        if contents.get("key") != key:
+            return None  # made from other files or settings (a hash collision): decode again
+    except Exception:  # a truncated or foreign file: decode again
+        pass
+    log.warning("ignoring a damaged dataset cache %s; decoding the files again", path)
+    return None
+
+
+def write_cache(path: Path, key: str, data: dict[str, Any]) -> None:
+    """Atomic: concurrent runs each write their own temporary file and the last rename wins; a
+    cache that cannot be written is a warning, not a failure."""
+    try:
+        buffer = io.BytesIO()
+        torch.save({"key": key, "checksum": _checksum(data), "data": data}, buffer)
+        atomic_write(path, lambda file: file.write(buffer.getbuffer()))
+    except OutputError as error:
+        log.warning("%s; continuing without a dataset cache", error)
