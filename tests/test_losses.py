@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from trainlab.data.base import DatasetSpec
+from trainlab.data.base import PAD_GRADE, DatasetSpec
 from trainlab.errors import ConfigError
-from trainlab.losses import LOSSES, build_loss, losses_for
+from trainlab.losses import LOSSES, build_loss, losses_for, terms
 
 CLASSIFICATION = DatasetSpec("t", "classification", (2,), 3, 1, 1, 1, num_classes=3)
 REGRESSION = DatasetSpec("t", "regression", (2,), 1, 1, 1, 1)
@@ -189,3 +190,125 @@ def test_bad_loss_settings(name, settings, fragment):
     with pytest.raises(ConfigError, match=None) as error:
         loss(name, CLASSIFICATION, **settings)
     assert fragment in str(error.value)
+
+
+def _pairwise_before_padding(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+    difference = scores.unsqueeze(-1) - scores.unsqueeze(-2)
+    ordered = (grades.unsqueeze(-1) > grades.unsqueeze(-2)).to(scores.dtype)
+    per_pair = torch.zeros_like(difference) + F.softplus(-1.0 * difference)
+    per_pair = per_pair + F.relu(1.0 - difference)
+    return (per_pair * ordered).sum() / ordered.sum().clamp_min(1)
+
+
+def _listwise_before_padding(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+    target = torch.softmax(grades.to(scores.dtype) / 0.5, dim=-1)
+    return -(target * F.log_softmax(scores, dim=-1)).sum(dim=-1).mean()
+
+
+def _binary(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(scores, (grades > 0).to(scores.dtype))
+
+
+# Every ranking loss with its settings and its formula before padding was handled.
+RANKING_LOSSES = [
+    ("mse", {}, F.mse_loss),
+    ("mae", {}, F.l1_loss),
+    ("huber", {"delta": 1.0}, lambda s, g: F.huber_loss(s, g, delta=1.0)),
+    ("smooth_l1", {"beta": 0.5}, lambda s, g: F.smooth_l1_loss(s, g, beta=0.5)),
+    ("log_loss", {}, _binary),
+    (
+        "kl_div",
+        {"smoothing": 0.0},
+        lambda s, g: F.kl_div(
+            F.log_softmax(s, dim=-1),
+            F.log_softmax(g, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        ),
+    ),
+    ("pairwise", {"form": "both", "sigma": 1.0, "margin": 1.0}, _pairwise_before_padding),
+    ("pointwise", {"form": "regression"}, F.mse_loss),
+    ("pointwise", {"form": "binary"}, _binary),
+    ("listwise", {"temperature": 0.5}, _listwise_before_padding),
+]
+RANKING_IDS = [f"{name}-{settings.get('form', '')}" for name, settings, _ in RANKING_LOSSES]
+LENGTHS = (5, 3, 1, 0)  # a list of padding alone too: it must count for nothing
+
+
+def padded_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random scores (the padded ones too: they must not matter) and integer grades 0..3."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(len(LENGTHS), max(LENGTHS), generator=generator)
+    grades = torch.randint(0, 4, scores.shape, generator=generator).float()
+    for row, length in enumerate(LENGTHS):
+        grades[row, length:] = PAD_GRADE
+    return scores, grades
+
+
+def test_every_ranking_loss_is_checked_with_padding():
+    assert {name for name, _, _ in RANKING_LOSSES} == set(losses_for("ranking"))
+
+
+@pytest.mark.parametrize(("name", "settings", "before"), RANKING_LOSSES, ids=RANKING_IDS)
+def test_a_padded_batch_gives_the_value_and_gradients_of_its_unpadded_lists(name, settings, before):
+    """Each real list alone, weighted by its terms (items, one list, or pairs), is what the
+    padded batch must equal; a padded score gets no gradient."""
+    fn = loss(name, RANKING, **settings)
+    scores, grades = padded_batch()
+    padded = scores.clone().requires_grad_()
+    value = fn(padded, grades)
+    value.backward()
+    lists = scores.clone().requires_grad_()
+    parts = [
+        (lists[row, :length].unsqueeze(0), grades[row, :length].unsqueeze(0))
+        for row, length in enumerate(LENGTHS)
+        if length
+    ]
+    weights = [terms(fn, *part) for part in parts]
+    expected = sum(fn(*part) * weight for part, weight in zip(parts, weights, strict=True))
+    expected = expected / sum(weights)
+    expected.backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    torch.testing.assert_close(padded.grad, lists.grad)
+    assert torch.all(padded.grad[grades < 0] == 0)
+
+
+@pytest.mark.parametrize(("name", "settings", "before"), RANKING_LOSSES, ids=RANKING_IDS)
+def test_unpadded_ranking_losses_compute_bit_for_bit_as_before(name, settings, before):
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(6, 7, generator=generator)
+    grades = torch.randint(0, 4, (6, 7), generator=generator).float()
+    results = []
+    for fn in (loss(name, RANKING, **settings), before):
+        leaf = scores.clone().requires_grad_()
+        value = fn(leaf, grades)
+        value.backward()
+        results.append((value.detach(), leaf.grad))
+    (value, grad), (value_before, grad_before) = results
+    assert torch.equal(value, value_before)
+    assert torch.equal(grad, grad_before)
+
+
+def test_terms_count_real_items_real_lists_and_real_pairs():
+    scores, grades = padded_batch()
+    for name, settings, _ in RANKING_LOSSES:
+        fn = loss(name, RANKING, **settings)
+        count = terms(fn, scores, grades).item()
+        if name == "pairwise":
+            real = [grades[row, :length].tolist() for row, length in enumerate(LENGTHS)]
+            pairs = sum(a > b for grade in real for a in grade for b in grade)
+            assert count == pairs > 0
+        elif name in ("listwise", "kl_div"):
+            assert count == 3, name  # the list of padding alone is no term
+        else:
+            assert count == sum(LENGTHS), name
+
+
+def test_padded_listwise_losses_have_finite_gradients_with_extreme_scores():
+    """The softmax mask is finite, so huge real scores beside padded ones make no NaN."""
+    scores, grades = padded_batch()
+    for name, settings in [("listwise", {"temperature": 0.1}), ("kl_div", {"smoothing": 0.0})]:
+        leaf = (scores * 1e4).requires_grad_()
+        value = loss(name, RANKING, **settings)(leaf, grades)
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(leaf.grad).all(), name

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from trainlab.data.base import DatasetSpec, Split
-from trainlab.losses import build_loss
+from trainlab.data.base import PAD_GRADE, DatasetSpec, Split
+from trainlab.losses import build_loss, losses_for
 from trainlab.metrics import evaluate, ndcg_at_k
 
 
@@ -87,3 +87,78 @@ def test_the_pairwise_validation_loss_is_the_mean_over_all_pairs_whatever_the_ba
     for batch_size in (7, 37, 101, 4096):
         result = evaluate(model, loss, split, spec, batch_size=batch_size)
         assert result["loss"] == pytest.approx(over_all, rel=1e-6), batch_size
+
+
+def _padded_lists(lengths: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores with many ties (padded ones tied with real ones too) and grades 0..3, padded."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 3, (len(lengths), max(lengths)), generator=generator).float()
+    grades = torch.randint(0, 4, scores.shape, generator=generator).float()
+    for row, length in enumerate(lengths):
+        grades[row, length:] = PAD_GRADE
+    return scores, grades
+
+
+def test_ndcg_of_padded_lists_equals_their_unpadded_values():
+    scores, grades = _padded_lists([5, 3, 1], seed=0)
+    scores[1:, 3:] = scores[1, 0]  # padded scores tied with a real one: still no shared place
+    for k in range(1, 7):
+        padded = ndcg_at_k(scores, grades, k)
+        for row, length in enumerate([5, 3, 1]):
+            alone = ndcg_at_k(scores[row : row + 1, :length], grades[row : row + 1, :length], k)
+            assert padded[row].item() == pytest.approx(alone.item(), abs=1e-6), (k, row)
+
+
+def test_ndcg_puts_padding_anywhere_in_a_list_after_every_real_item():
+    """Padded items in the middle, tied with real scores, even with a real score of -inf."""
+    inf = math.inf
+    scores = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0], [-inf, 5.0, -inf, 1.0, -inf]])
+    grades = torch.tensor([[1.0, PAD_GRADE, 0.0, PAD_GRADE, 2.0], [3.0, PAD_GRADE, 0.0, 1.0, 2.0]])
+    real = grades >= 0
+    for k in (1, 2, 3, 5):
+        padded = ndcg_at_k(scores, grades, k)
+        for row in range(2):
+            alone = ndcg_at_k(scores[row][real[row]][None], grades[row][real[row]][None], k)
+            assert padded[row].item() == pytest.approx(alone.item(), abs=1e-6), (k, row)
+    # A constant model on grades [1, 0, 2]: the three real items share the first three places,
+    # each with the mean gain (1 + 0 + 3) / 3, whatever the padding between them.
+    discounts = [1 / math.log2(place + 2) for place in range(3)]
+    ideal = 3 * discounts[0] + 1 * discounts[1]
+    expected = 4 / 3 * sum(discounts) / ideal
+    assert ndcg_at_k(scores[:1], grades[:1], 3).item() == pytest.approx(expected, abs=1e-6)
+
+
+RANKING_SETTINGS = {
+    "huber": {"delta": 1.0},
+    "smooth_l1": {"beta": 0.5},
+    "kl_div": {"smoothing": 0.0},
+    "pairwise": {"form": "both", "sigma": 1.0, "margin": 1.0},
+    "pointwise": {"form": "regression"},
+    "listwise": {"temperature": 1.0},
+}
+
+
+@pytest.mark.parametrize("name", losses_for("ranking"))
+def test_the_validation_loss_and_ndcg_of_padded_lists_are_exact_whatever_the_batch(name):
+    """A split of lists of different lengths: each batch's mean weighted by its terms (real
+    items, lists or pairs) gives the loss over the whole split, at every evaluation batch size,
+    and NDCG is the mean of the lists' unpadded values."""
+    lengths = [
+        int(n) for n in torch.randint(1, 7, (23,), generator=torch.Generator().manual_seed(2))
+    ]
+    scores, grades = _padded_lists(lengths, seed=1)
+    scores = scores + torch.randn(scores.shape, generator=torch.Generator().manual_seed(3))
+    scores[grades < 0] = 0.0  # what the model scores a padded item's all-zero features
+    spec = DatasetSpec("t", "ranking", (1,), 1, 1, 1, 23, list_size=6, ndcg_k=3)
+    loss = build_loss({"name": name, **RANKING_SETTINGS.get(name, {})}, spec)
+    split = Split(scores.unsqueeze(-1), grades)
+    model = torch.nn.Flatten(-2)  # (lists, items, 1) -> (lists, items): the scores themselves
+    over_all = loss(scores, grades).item()
+    unpadded_ndcg = [
+        ndcg_at_k(scores[row : row + 1, :n], grades[row : row + 1, :n], 3).item()
+        for row, n in enumerate(lengths)
+    ]
+    for batch_size in (4, 7, 23):
+        result = evaluate(model, loss, split, spec, batch_size=batch_size)
+        assert result["loss"] == pytest.approx(over_all, rel=1e-5), batch_size
+        assert result["ndcg"] == pytest.approx(sum(unpadded_ndcg) / 23, rel=1e-6), batch_size

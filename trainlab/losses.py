@@ -12,6 +12,13 @@ one-hot targets. Raw outputs, not softmax probabilities: on probabilities every 
 gradient; on raw outputs they are honest regression losses, as in square-loss classification
 (Hui & Belkin, 2021). On ranking they regress each item's score onto its relevance grade
 (pointwise ranking). The ``LOSSES`` table says which task each loss accepts.
+
+Ranking lists of different lengths come padded to the longest; a padded item has grade
+``PAD_GRADE`` (below every real grade). Every ranking loss leaves padded items out exactly, so a
+padded batch gives the value and gradients its unpadded lists would: item-wise losses average over
+real items, list-wise ones over lists with a real item, pairwise over pairs of real items. The
+masks are tensor arithmetic (no host sync) that reduces to the unmasked computation, bit for bit,
+when nothing is padded.
 """
 
 from __future__ import annotations
@@ -31,50 +38,88 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def terms(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """How many terms ``loss_fn``'s mean over this batch is taken over: its examples (lists,
-    for ranking), or what the loss names in its ``terms`` attribute (the pairwise loss: its
-    ordered pairs). Evaluation weights each batch's mean by it, so that a split's loss is the
-    mean over all of its terms, whatever the evaluation batch size."""
+    """How many terms ``loss_fn``'s mean over this batch is taken over: its examples, or what
+    the loss names in its ``terms`` attribute (on ranking: real items, lists with a real item,
+    or the pairwise loss's ordered pairs). Evaluation weights each batch's mean by it, so that a
+    split's loss is the mean over all of its terms, whatever the evaluation batch size."""
     count = getattr(loss_fn, "terms", None)
     if count is not None:
         return count(outputs, targets)
     return torch.tensor(float(len(outputs)), device=outputs.device)
 
 
-def _regression_view(spec: DatasetSpec) -> Callable[[torch.Tensor, torch.Tensor], tuple]:
-    """Map (outputs, targets) to two float tensors of the same shape for a regression loss."""
+def _real(grades: torch.Tensor) -> torch.Tensor:
+    """Which ranking items are real: a padded item's ``PAD_GRADE`` lies below every real grade."""
+    return grades >= 0
+
+
+def _over_real(loss: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Turn a mean over all of ``real``'s entries, where the false ones added zero, into the mean
+    over the true ones. The factor is exactly 1 when all are true (x / x), so unpadded input keeps
+    its value and gradients bit for bit; no host sync."""
+    count = real.sum().to(torch.promote_types(loss.dtype, torch.float32))
+    factor = count.new_full((), real.numel()) / count.clamp_min(1)
+    return (loss * factor).to(loss.dtype)
+
+
+def _real_items(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+    """The terms of an item-wise ranking loss: its real items."""
+    return _real(grades).sum().float()
+
+
+def _real_lists(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+    """The terms of a list-wise ranking loss: its lists with at least one real item."""
+    return _real(grades).any(dim=-1).sum().float()
+
+
+def _masked_logits(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """``values`` with padded items so low that a softmax gives them exactly zero weight; finite
+    (half the dtype's lowest) so that no -inf - -inf makes a NaN, in values or gradients."""
+    return torch.where(real, values, torch.finfo(values.dtype).min / 2)
+
+
+def _regression_loss(
+    spec: DatasetSpec, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> LossFn:
+    """``loss`` (a mean over elements) with outputs and targets made two float tensors of the same
+    shape; on ranking a padded item's score is replaced by its target, so it adds zero error
+    and gets no gradient, and the mean is taken over real items."""
     if spec.task == "classification":
         classes = spec.num_classes
+        return lambda outputs, labels: loss(outputs, F.one_hot(labels, classes).to(outputs.dtype))
+    if spec.task == "regression":
+        return lambda outputs, targets: loss(outputs, targets.to(outputs.dtype))
 
-        def one_hot(outputs: torch.Tensor, labels: torch.Tensor) -> tuple:
-            return outputs, F.one_hot(labels, classes).to(outputs.dtype)
+    def over_real_items(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+        real, targets = _real(grades), grades.to(scores.dtype)
+        return _over_real(loss(torch.where(real, scores, targets), targets), real)
 
-        return one_hot
-    return lambda outputs, targets: (outputs, targets.to(outputs.dtype))
+    over_real_items.terms = _real_items  # type: ignore[attr-defined]
+    return over_real_items
 
 
 def mse(spec: DatasetSpec) -> LossFn:
-    view = _regression_view(spec)
-    return lambda outputs, targets: F.mse_loss(*view(outputs, targets))
+    return _regression_loss(spec, F.mse_loss)
 
 
 def mae(spec: DatasetSpec) -> LossFn:
-    view = _regression_view(spec)
-    return lambda outputs, targets: F.l1_loss(*view(outputs, targets))
+    return _regression_loss(spec, F.l1_loss)
 
 
 def huber(spec: DatasetSpec, delta: float) -> LossFn:
     """Quadratic for |error| <= delta, linear beyond: 0.5 e^2 or delta (|e| - 0.5 delta)."""
     positive("loss.delta", delta)
-    view = _regression_view(spec)
-    return lambda outputs, targets: F.huber_loss(*view(outputs, targets), delta=delta)
+    return _regression_loss(
+        spec, lambda outputs, targets: F.huber_loss(outputs, targets, delta=delta)
+    )
 
 
 def smooth_l1(spec: DatasetSpec, beta: float) -> LossFn:
     """Huber divided by beta: 0.5 e^2 / beta for |e| < beta, |e| - 0.5 beta beyond (beta=0: MAE)."""
     non_negative("loss.beta", beta)
-    view = _regression_view(spec)
-    return lambda outputs, targets: F.smooth_l1_loss(*view(outputs, targets), beta=beta)
+    return _regression_loss(
+        spec, lambda outputs, targets: F.smooth_l1_loss(outputs, targets, beta=beta)
+    )
 
 
 def cross_entropy(spec: DatasetSpec, label_smoothing: float) -> LossFn:
@@ -87,12 +132,20 @@ def log_loss(spec: DatasetSpec) -> LossFn:
     """Binary cross-entropy on sigmoid outputs (logistic loss).
 
     Classification: one-vs-rest, one logistic unit per class against the one-hot target.
-    Ranking: an item is a positive when its relevance grade is above zero.
+    Ranking: an item is a positive when its relevance grade is above zero; averaged over real
+    items (a padded one has weight zero).
     """
     if spec.task == "ranking":
-        return lambda scores, grades: F.binary_cross_entropy_with_logits(
-            scores, (grades > 0).to(scores.dtype)
-        )
+
+        def over_real_items(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+            real = _real(grades)
+            loss = F.binary_cross_entropy_with_logits(
+                scores, (grades > 0).to(scores.dtype), weight=real.to(scores.dtype)
+            )
+            return _over_real(loss, real)
+
+        over_real_items.terms = _real_items  # type: ignore[attr-defined]
+        return over_real_items
     classes = spec.num_classes
     return lambda logits, labels: F.binary_cross_entropy_with_logits(
         logits, F.one_hot(labels, classes).to(logits.dtype)
@@ -112,20 +165,30 @@ def squared_hinge(spec: DatasetSpec, margin: float) -> LossFn:
 
 
 def kl_div(spec: DatasetSpec, smoothing: float) -> LossFn:
-    """KL(target || softmax(outputs)), averaged over examples (lists, for ranking).
+    """KL(target || softmax(outputs)), averaged over examples (lists with a real item, for ranking).
 
     Classification: the target distribution is the one-hot label mixed with ``smoothing`` of the
     uniform distribution (with smoothing 0 its gradient equals cross-entropy's). Ranking: the
-    target is softmax over the relevance grades of each list, as in ListNet.
+    target is softmax over the relevance grades of each list, as in ListNet; both softmaxes run
+    over real items only.
     """
     fraction("loss.smoothing", smoothing)
     if spec.task == "ranking":
-        return lambda scores, grades: F.kl_div(
-            F.log_softmax(scores, dim=-1),
-            F.log_softmax(grades.to(scores.dtype), dim=-1),
-            reduction="batchmean",
-            log_target=True,
-        )
+
+        def over_real_lists(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+            # A padded item has zero target weight, so it adds exactly 0; a list with no real
+            # item has the same uniform target and prediction, so it adds exactly 0 too.
+            real = _real(grades)
+            loss = F.kl_div(
+                F.log_softmax(_masked_logits(scores, real), dim=-1),
+                F.log_softmax(_masked_logits(grades.to(scores.dtype), real), dim=-1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            return _over_real(loss, real.any(dim=-1))
+
+        over_real_lists.terms = _real_lists  # type: ignore[attr-defined]
+        return over_real_lists
     classes = spec.num_classes
 
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -141,13 +204,15 @@ def pairwise(
     """Over every pair (i, j) in a list with grade_i > grade_j, with d = s_i - s_j:
 
     logistic (RankNet): log(1 + exp(-sigma d)); margin: max(0, margin - d); both: their sum.
-    Averaged over the pairs of the batch.
+    Averaged over the pairs of the batch; a padded item is in no pair.
     """
     positive("loss.sigma", sigma)
     non_negative("loss.margin", margin)
 
     def ordered_pairs(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
-        return (grades.unsqueeze(-1) > grades.unsqueeze(-2)).to(scores.dtype)
+        # grade_i > grade_j >= 0: j is real, and so is i, whose grade is above a real one.
+        ordered = (grades.unsqueeze(-1) > grades.unsqueeze(-2)) & _real(grades).unsqueeze(-2)
+        return ordered.to(scores.dtype)
 
     def loss(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
         difference = scores.unsqueeze(-1) - scores.unsqueeze(-2)  # [q, i, j] = s_i - s_j
@@ -165,7 +230,7 @@ def pairwise(
 
 def pointwise(spec: DatasetSpec, form: Literal["regression", "binary"]) -> LossFn:
     """Each item on its own: regress the score onto the grade (MSE), or classify relevant
-    (grade > 0) against not with the logistic loss."""
+    (grade > 0) against not with the logistic loss; averaged over real items."""
     if form == "binary":
         return log_loss(spec)
     return mse(spec)
@@ -173,13 +238,18 @@ def pointwise(spec: DatasetSpec, form: Literal["regression", "binary"]) -> LossF
 
 def listwise(spec: DatasetSpec, temperature: float) -> LossFn:
     """ListNet (top-one): cross-entropy between softmax(grades / temperature) and softmax(scores)
-    within each list, averaged over lists."""
+    over the real items of each list, averaged over lists with a real item."""
     positive("loss.temperature", temperature)
 
     def loss(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
-        target = torch.softmax(grades.to(scores.dtype) / temperature, dim=-1)
-        return -(target * F.log_softmax(scores, dim=-1)).sum(dim=-1).mean()
+        real = _real(grades)
+        target = torch.softmax(_masked_logits(grades.to(scores.dtype) / temperature, real), dim=-1)
+        log_predicted = F.log_softmax(_masked_logits(scores, real), dim=-1)
+        per_list = -(target * log_predicted).sum(dim=-1)
+        has_real = real.any(dim=-1)  # a list of padding alone would add log(items)
+        return _over_real((per_list * has_real.to(per_list.dtype)).mean(), has_real)
 
+    loss.terms = _real_lists  # type: ignore[attr-defined]
     return loss
 
 

@@ -17,16 +17,19 @@ def ndcg_at_k(scores: torch.Tensor, grades: torch.Tensor, k: int) -> torch.Tenso
     Items with tied scores share their places: each gets the mean gain of its tie group
     (McSherry and Najork, 2008), so the value does not depend on the order the items happen to
     be in. A list with no relevant item scores 1 (scikit-learn says 0): there is nothing to rank
-    wrong in it.
+    wrong in it. Padded items (grade ``PAD_GRADE``) take no place and no part in the ideal DCG,
+    so a padded list scores as its real items alone would.
     """
     items = scores.shape[-1]
-    k = min(k, items)
+    k = min(k, items)  # padded items come last, so places past the real ones add nothing
     places = torch.arange(items, device=scores.device)
     discounts = torch.where(places < k, 1.0 / torch.log2(places.float() + 2), 0.0)
-    gains = torch.pow(2.0, grades.float()) - 1
-    ordered, order = torch.sort(scores.float(), dim=-1, descending=True, stable=True)
+    real = grades >= 0
+    gains = torch.where(real, torch.pow(2.0, grades.float()) - 1, 0.0)
+    ordered, order = _real_first(torch.where(real, scores.float(), -torch.inf), real)
     ordered_gains = gains.gather(-1, order)
-    # Tie groups along each sorted list: a new group wherever the score changes.
+    # Tie groups along each sorted list: a new group wherever the score changes. A padded
+    # item's -inf differs from any real score, and -inf - -inf is NaN, so none shares a group.
     group = torch.cat(
         [torch.zeros_like(ordered[..., :1], dtype=torch.long), (ordered.diff(dim=-1) != 0).long()],
         dim=-1,
@@ -39,6 +42,14 @@ def ndcg_at_k(scores: torch.Tensor, grades: torch.Tensor, k: int) -> torch.Tenso
     dcg = (shared_gain * discounts).sum(-1)
     ideal = (torch.sort(gains, dim=-1, descending=True).values * discounts).sum(-1)
     return torch.where(ideal > 0, dcg / ideal.clamp_min(1e-12), torch.ones_like(dcg))
+
+
+def _real_first(scores: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores sorted descending (stable) and their order, padded items after every real one even
+    where a real score is -inf too; with nothing padded, just the sort."""
+    ordered, order = torch.sort(scores, dim=-1, descending=True, stable=True)
+    _, padded_last = torch.sort((~real).gather(-1, order).float(), dim=-1, stable=True)
+    return ordered.gather(-1, padded_last), order.gather(-1, padded_last)
 
 
 def _metric_sums(spec: DatasetSpec, outputs: torch.Tensor, targets: torch.Tensor) -> dict:
@@ -71,7 +82,8 @@ def evaluate(
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Mean loss and task metrics of ``model`` over ``split``, one host sync at the end. The
-    loss is the mean over all of its terms (examples, or the pairwise loss's pairs).
+    loss is the mean over all of its terms (examples; on ranking, the real items, the lists or
+    the pairwise loss's pairs that :func:`trainlab.losses.terms` counts).
 
     Data-parallel: ``shard=(rank, world)`` evaluates this process's contiguous part, and
     ``reduce_sum`` adds the processes' sums, so the means come from exact global sums.
