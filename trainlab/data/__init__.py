@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainlab.data import synthetic, vision
+from trainlab.data import synthetic, table, vision
 from trainlab.data.base import TASKS, Dataset, DatasetSpec, Split, Task
 from trainlab.data.loader import InMemoryLoader
 from trainlab.settings import choose
@@ -40,6 +40,7 @@ DATASETS: dict[str, DataSource] = {
     "mnist": _image_source("mnist"),
     "fashion_mnist": _image_source("fashion_mnist"),
     "cifar10": _image_source("cifar10"),
+    "table": DataSource(table.describe, table.load),
 }
 
 

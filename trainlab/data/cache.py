@@ -45,7 +45,9 @@ def _checksum(contents: Mapping[str, Any]) -> int:
     value = 0
     for name in sorted(contents):
         if isinstance(contents[name], torch.Tensor):
-            value = zlib.crc32(contents[name].contiguous().view(torch.uint8).numpy().tobytes(), value)
+            value = zlib.crc32(
+                contents[name].contiguous().view(torch.uint8).numpy().tobytes(), value
+            )
     return value
 
 
