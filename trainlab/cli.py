@@ -26,6 +26,7 @@ from trainlab.errors import SharedError, UserError
 from trainlab.failures import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from trainlab.hydra_internals import mode_known
 from trainlab.preflight import CONFIG_DIR, Checked, check_command_line
+from trainlab.project_dirs import add_code_folders, config_dir_as_searchpath
 
 if TYPE_CHECKING:
     from trainlab.distributed import Processes
@@ -42,6 +43,8 @@ def main() -> None:
     processes = None
     _TYPED[:] = sys.argv  # what provenance records: the command as typed
     try:
+        config_dir_as_searchpath(sys.argv)  # the user's conf/: one search path for all
+        add_code_folders(sys.argv)  # the user's _target_ code
         processes = _join_processes(sys.argv)
         _name_members_by_what_varies(sys.argv)
         checked = _check(sys.argv[1:], processes)
@@ -87,7 +90,10 @@ def app_help(argv: list[str]) -> str:
         config = compose("config", overrides=overrides, return_hydra_config=True)
         loader = GlobalHydra.instance().config_loader()
         groups = sorted(g for g in loader.list_groups("") if g != "hydra")
-        options = {group: loader.get_group_options(group) for group in groups}
+        options = {  # with the overrides: hydra.searchpath adds the user's options
+            group: loader.get_group_options(group, config_name="config", overrides=overrides)
+            for group in groups
+        }
     listing = "\n".join(
         f"{group}: {', '.join(_marked(group, option) for option in names)}"
         for group, names in options.items()

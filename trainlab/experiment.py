@@ -31,6 +31,7 @@ from trainlab.regularizers import Penalty, build_regularizer
 from trainlab.settings import check_settings, non_negative, require
 
 log = logging.getLogger("trainlab")
+USER_EXAMPLES = {"model": "my_models.WideNet", "loss": "my_losses.focal"}
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,11 @@ def check_complete(config: DictConfig) -> None:
             isinstance(node, DictConfig) and "name" in node,
             f"{group}: no option chosen (~{group} removes it); pick one, e.g. {group}=<option> "
             "(trainlab --help lists them)",
+        )
+        require(
+            not OmegaConf.is_missing(node, "_target_"),
+            f"{group}={node.name} needs your code: set {group}._target_=<module.name> (e.g. "
+            f"{group}._target_={USER_EXAMPLES.get(group, 'my_module.Thing')})",
         )
     try:
         OmegaConf.to_container(config, resolve=True, throw_on_missing=True)

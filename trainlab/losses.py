@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from trainlab.data.base import DatasetSpec, Task
 from trainlab.errors import ConfigError
 from trainlab.settings import choose, fraction, non_negative, positive
+from trainlab.user_code import build_user_loss, is_user_part
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -282,7 +283,10 @@ def losses_for(task: Task) -> list[str]:
 
 
 def build_loss(config: Mapping[str, Any], spec: DatasetSpec) -> LossFn:
-    """Build the configured loss for the dataset's task, refusing combinations that make no sense."""
+    """Build the configured loss for the dataset's task (a built-in by name, or the user's own
+    by ``_target_``), refusing combinations that make no sense."""
+    if is_user_part(config):
+        return build_user_loss(config, spec)
     name, entry, settings = choose(
         "loss", config, LOSSES, lambda entry: entry.build, supplied=("spec",)
     )

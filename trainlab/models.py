@@ -11,6 +11,7 @@ from torch import nn
 
 from trainlab.data.base import DatasetSpec
 from trainlab.settings import choose, fraction, require
+from trainlab.user_code import build_user_model, is_user_part
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -68,7 +69,7 @@ def mlp(
 def _needs_images(spec: DatasetSpec, model: str) -> None:
     require(
         len(spec.input_shape) == 3,
-        f"model={model} needs image data (dataset=mnist, fashion_mnist or cifar10), "
+        f"model={model} needs image data (dataset=mnist, fashion_mnist, cifar10 or image_folder), "
         f"not dataset={spec.name}; use model=mlp or model=linear there",
     )
 
@@ -199,9 +200,13 @@ def for_device(
 
 
 def build_model(config: Mapping[str, Any], spec: DatasetSpec) -> nn.Module:
-    """Build the configured model for ``spec``; ranking models score each item of a list."""
-    _, build, settings = choose("model", config, MODELS, supplied=("spec",))
-    network = build(spec, **settings)
+    """Build the configured model for ``spec`` (a built-in by name, or the user's own by
+    ``_target_``); ranking models score each item of a list."""
+    if is_user_part(config):
+        network = build_user_model(config, spec)
+    else:
+        _, build, settings = choose("model", config, MODELS, supplied=("spec",))
+        network = build(spec, **settings)
     if spec.task == "ranking":
         return ItemScorer(network, item_dims=len(spec.input_shape))
     return network
