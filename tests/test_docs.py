@@ -51,9 +51,15 @@ def test_every_config_option_has_code_and_every_registry_entry_a_config():
     }
     for group, registry in registries.items():
         files = {path.stem for path in (REPO / "conf" / group).glob("*.yaml")}
-        assert files == set(registry), group
+        user_parts = {name for name in files if "_target_: ???" in _option_text(group, name)}
+        assert user_parts == ({"custom"} if group in ("model", "loss") else set()), group
+        assert files - user_parts == set(registry), group
         for path in (REPO / "conf" / group).glob("*.yaml"):
             assert f"name: {path.stem}\n" in path.read_text(), path
+
+
+def _option_text(group: str, name: str) -> str:
+    return (REPO / "conf" / group / f"{name}.yaml").read_text()
 
 
 def _table_rows(text: str, heading: str) -> list[list[str]]:
@@ -114,6 +120,7 @@ class Documented(NamedTuple):
     where: str  # file:line
     argv: list[str]
     error: str | None  # the error line the document shows for it, if any
+    folder: str | None = None  # where it runs: a `cd DIR &&` before it, else an empty folder
 
 
 def _blocks(text: str) -> Iterator[tuple[int, list[str]]]:
@@ -153,13 +160,17 @@ def documented_commands() -> list[Documented]:
         for first, block in _blocks(document.read_text()):
             for offset, line in enumerate(block):
                 text = line.removeprefix("$ ").removeprefix("time ")
-                if text.split(" ", 1)[0] not in PROGRAMS or text.startswith("trainlab ━"):
+                if text.split(" ", 1)[0] not in (*PROGRAMS, "cd") or text.startswith("trainlab ━"):
                     continue  # output, not a command
                 error = _error_shown(block[offset + 1 :]) if line.startswith("$ ") else None
+                folder = None
                 for command in text.split(" && "):
                     argv = shlex.split(command, comments=True)
+                    if argv[0] == "cd":
+                        folder = argv[1]
+                        continue
                     where = f"{document.relative_to(REPO)}:{first + offset}"
-                    found.append(Documented(where, argv, error))
+                    found.append(Documented(where, argv, error, folder))
     return found
 
 
@@ -213,7 +224,12 @@ def check(command: Documented) -> str:
 
 def _check_trainlab(args: list[str], error: str | None) -> str:
     from trainlab import preflight
+    from trainlab.project_dirs import add_code_folders, config_dir_as_searchpath
 
+    argv = ["trainlab", *args]
+    config_dir_as_searchpath(argv)  # as trainlab.cli.main does first
+    add_code_folders(argv)
+    args = argv[1:]
     members = preflight.sweep_members
     if error is None:  # (an error names how many members are invalid: then all are checked)
         preflight.sweep_members = lambda *a: covering(members(*a))
@@ -238,7 +254,8 @@ def _check_trainlab(args: list[str], error: str | None) -> str:
 def _check_in_folder(command: Documented) -> str:
     """check(command) in an empty working folder of its own (a pool worker's)."""
     with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
-        os.chdir(folder)
+        os.chdir(REPO / command.folder if command.folder else folder)
+        os.environ["TRAINLAB_DATA"] = folder  # a table's decoded cache goes there
         with contextlib.redirect_stderr(io.StringIO()):
             return check(command)
 

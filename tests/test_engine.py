@@ -20,6 +20,10 @@ RANKING_LOSSES = {"pairwise", "pointwise", "listwise"}
 
 
 IMAGE_ONLY = {"cnn", "resnet"}  # trained on image files in tests/test_images.py
+USER_PARTS = {  # the custom options, pointed at code (examples/own_project trains its own)
+    "model": ["model._target_=tests.user_parts.TinyNet"],
+    "loss": ["loss._target_=torch.nn.functional.cross_entropy", "loss.tasks=[classification]"],
+}
 
 
 def every_option():
@@ -28,6 +32,8 @@ def every_option():
             if path.stem in IMAGE_ONLY:
                 continue
             overrides = [f"{group}={path.stem}"]
+            if path.stem == "custom":
+                overrides += USER_PARTS[group]
             if path.stem in RANKING_LOSSES:
                 overrides.append("dataset.task=ranking")
             yield overrides

@@ -137,6 +137,14 @@ def resnet(spec: DatasetSpec, width: int, logit_scale: float) -> nn.Module:
     CIFAR-10 accuracy in few epochs."""
     _needs_images(spec, "resnet")
     require(width >= 1, f"model.width must be >= 1, got {width}")
+    # Three 2x2 poolings; below 16 pixels the last residual block sees 1x1 maps, whose batch
+    # norm fails on a batch of one image.
+    height, width_pixels = spec.input_shape[1:]
+    require(
+        min(height, width_pixels) >= 16,
+        f"model=resnet needs images of at least 16x16 pixels, got {height}x{width_pixels}; "
+        "use a larger dataset.image_size, or model=cnn",
+    )
     in_channels = spec.input_shape[0]
     return nn.Sequential(
         _conv_bn(in_channels, width),

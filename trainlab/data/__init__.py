@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainlab.data import synthetic, table, vision
+from trainlab.data import image_folder, synthetic, table, vision
 from trainlab.data.base import TASKS, Dataset, DatasetSpec, Split, Task
 from trainlab.data.loader import InMemoryLoader
 from trainlab.settings import choose
@@ -26,7 +26,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DataSource:
-    describe: Callable[..., DatasetSpec]  # validates settings, no I/O
+    describe: Callable[..., DatasetSpec]  # validates settings; only a user's files are read
     load: Callable[..., Dataset]
     bound: dict[str, Any] = field(default_factory=dict)  # arguments fixed by the option
 
@@ -41,6 +41,7 @@ DATASETS: dict[str, DataSource] = {
     "fashion_mnist": _image_source("fashion_mnist"),
     "cifar10": _image_source("cifar10"),
     "table": DataSource(table.describe, table.load),
+    "image_folder": DataSource(image_folder.describe, image_folder.load),
 }
 
 

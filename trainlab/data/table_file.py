@@ -17,7 +17,7 @@ from trainlab.errors import first_line
 from trainlab.settings import did_you_mean
 
 SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".npz")  # .csv and .tsv may be .gz/.bz2/.zip/.xz
-COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst")
+COMPRESSED = (".gz", ".bz2", ".zip", ".xz")
 INSTALL = "pip install 'trainlab[tables]'"
 
 

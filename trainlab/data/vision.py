@@ -60,7 +60,7 @@ def describe(
     )
 
 
-def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of uint8 images scaled to [0, 1], in float64 for accuracy."""
     channels = images.shape[1]
     total = torch.zeros(channels, dtype=torch.float64)
@@ -96,7 +96,7 @@ def load(**settings) -> Dataset:
     )
     val_index, train_index = order[:val_size], order[val_size : val_size + train_size]
     train = Split(train_images[train_index], train_labels[train_index])
-    mean, std = _channel_stats(train.inputs)
+    mean, std = channel_stats(train.inputs)
     prepare = ImageBatches(
         settings["normalize"], mean, std, settings["flip"], settings["translate"]
     )
