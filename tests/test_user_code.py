@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import REPO, compose_config, run_cli_process, train_run
+from tests.helpers import REPO, compose_config, run_cli, train_run
 from tests.test_resume import assert_same_run
 from trainlab.data import describe_dataset
 from trainlab.errors import ConfigError
@@ -151,10 +151,10 @@ def test_the_examples_own_model_and_loss_resume_exactly(tmp_path, monkeypatch):
 def test_the_worked_example_runs_as_its_readme_says(tmp_path):
     """The README's example sweep, in the example's folder: its own data, model, loss and preset
     found through --config-dir, four members that all learn the wine data."""
-    result = run_cli_process(
+    result = run_cli(
         "--config-dir", "conf", "-m", "+experiment=wine_losses", "epochs=12",
         f"hydra.sweep.dir={tmp_path / 'sweep'}", f"dataset.root={tmp_path / 'data'}",
-        cwd=EXAMPLE,
+        cwd=EXAMPLE, as_given=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     members = {

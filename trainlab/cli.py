@@ -24,7 +24,7 @@ from trainlab import resolvers, runlog
 from trainlab.config_keys import override_key, shell_override
 from trainlab.errors import SharedError, UserError
 from trainlab.failures import EXIT_INTERRUPTED, EXIT_USER_ERROR
-from trainlab.hydra_internals import mode_known
+from trainlab.hydra_internals import compositions_shared, mode_known
 from trainlab.preflight import CONFIG_DIR, Checked, check_command_line
 from trainlab.project_dirs import add_code_folders, config_dir_as_searchpath
 
@@ -39,6 +39,11 @@ log = logging.getLogger("trainlab")
 
 def main() -> None:
     """Console-script entry point."""
+    with compositions_shared():  # the preflight's compositions serve Hydra too
+        _main()
+
+
+def _main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # outside training, SIGTERM stops like Ctrl-C
     processes = None
     _TYPED[:] = sys.argv  # what provenance records: the command as typed

@@ -76,12 +76,20 @@ def check_command_line(argv: list[str]) -> Checked:
         return Checked(problem)
     parsed = OverridesParser.create().parse_overrides(overrides)
     fixed = [o.input_line for o in parsed if not (args.multirun and o.is_sweep_override())]
+    # Hydra adds hydra.mode=RUN (or MULTIRUN) to the overrides when none sets it; composing with
+    # it too makes the preflight's compositions the ones Hydra reuses (compositions_shared).
+    mode_given = any(override_key(o) == "hydra.mode" for o in overrides)
+    added = [] if mode_given or args.cfg else [f"hydra.mode={_mode_word(args.multirun)}"]
     try:
-        config = compose_overrides(fixed)
+        config = compose_overrides(fixed + added)
     except Exception as error:
         return Checked(explain(error, fixed, compose_overrides))
-    problem = _check_composed(config, overrides, args.multirun, bool(args.cfg))
-    return Checked(problem, composed=True, mode=config.hydra.mode)
+    problem = _check_composed(config, overrides + added, args.multirun, bool(args.cfg))
+    return Checked(problem, composed=True, mode=config.hydra.mode if mode_given else None)
+
+
+def _mode_word(multirun: bool) -> str:
+    return "MULTIRUN" if multirun else "RUN"
 
 
 def _check_composed(
@@ -328,7 +336,15 @@ def sweep_members(config: DictConfig, overrides: list[str]) -> list[list[str]] |
     if sweeper.get("_target_") != BASIC_SWEEPER:
         return None
     params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
-    return expand_basic_sweep(OverridesParser.create().parse_overrides([*params, *overrides]))
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(list(overrides))
+    # In Hydra's order: its own overrides first, then the sweeper's member (so that Hydra's
+    # composition of each member is the one the preflight made: hydra_internals shares them).
+    hydra = [o.input_line for o in parsed if o.is_hydra_override()]
+    task = [o.input_line for o in parsed if not o.is_hydra_override()]
+    return [
+        [*hydra, *member] for member in expand_basic_sweep(parser.parse_overrides([*params, *task]))
+    ]
 
 
 def check_sweep(members: Sequence[list[str]], compose: Compose) -> str | None:
