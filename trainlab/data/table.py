@@ -14,6 +14,7 @@ before any member starts.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import math
@@ -68,7 +69,12 @@ def describe(
 
 def load(**settings: Any) -> Dataset:
     """The table's three splits as tensors (decoded once, then read from the cache)."""
-    data = decoded(settings)
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(describe).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    data = decoded({**defaults, **settings})
     for name, count in data["unseen"].items():
         log.warning(
             "dataset: %d validation/test rows hold a category of column %r that the training "

@@ -30,7 +30,7 @@ class Encoded:
         self.unseen: dict[str, int] = {}
 
     def matrix(self) -> np.ndarray:
-        return np.concatenate(self.blocks, axis=1).astype(np.float32)
+        return np.concatenate(self.blocks, axis=1, dtype=np.float32)
 
 
 def encode_features(
@@ -71,7 +71,7 @@ def standardized(column: Any, name: str, train_rows: np.ndarray, impute: str | N
         fill = np.nanmedian(train_values) if impute == "median" else np.nanmean(train_values)
         values = np.where(missing, fill, values)
     mean, std = values[train_rows].mean(), values[train_rows].std()
-    return ((values - mean) / (std if std > 0 else 1.0)).reshape(-1, 1)
+    return ((values - mean) / (std if std > 0 else 1.0)).astype(np.float32).reshape(-1, 1)
 
 
 def _as_categories(column: Any) -> Any:

@@ -127,17 +127,20 @@ def is_text(column: Any) -> bool:
 
 
 def check_not_mixed(column: Any, name: str, key: str) -> None:
-    """A text column whose values are partly numbers is a mistake in the file, not categories."""
+    """A text column whose values are partly numbers is a mistake in the file, not categories.
+    (Checked on the distinct values: a column has far fewer of them than rows.)"""
+    if not is_text(column):
+        return
     pd = pandas()
-    present = column.dropna()
-    numbers = pd.to_numeric(present.astype(str), errors="coerce")
-    parsed = numbers.notna()
-    if 0 < int(parsed.sum()) < len(present):
-        text = present[~parsed]
+    distinct = pd.Series(pd.unique(column.dropna()))
+    parsed = pd.to_numeric(distinct.astype(str), errors="coerce").notna()
+    if 0 < int(parsed.sum()) < len(distinct):
+        text_rows = column.isin(set(distinct[~parsed]))
+        first = column[text_rows].index[0]
         raise DataError(
-            f"column {name!r} mixes numbers and text (e.g. {text.iloc[0]!r} in row "
-            f"{text.index[0]}, {len(text)} such rows); fix the file (leave missing values "
-            f"empty), or list it in dataset.{key} to treat every value as a category"
+            f"column {name!r} mixes numbers and text (e.g. {column[first]!r} in row {first}, "
+            f"{int(text_rows.sum())} such rows); fix the file (leave missing values empty), or "
+            f"list it in dataset.{key} to treat every value as a category"
         )
 
 
