@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from tests.helpers import TINY, run_cli
 from tests.image_files import write_idx_dataset
@@ -327,8 +328,27 @@ if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
             "hydra.sweeper.n_trials must be a whole number >= 1, got 0",
         )
     )
+# A user's own data, found wrong in the preflight of a whole sweep (the cases' files are made by
+# the workspace fixture): nothing runs, no member folder and no cache is written.
+CASES += [
+    (
+        "a sweep naming a missing table column",
+        ["-m", "dataset=table", "dataset.path={root}/own/table.csv", "dataset.target=y,yy",
+         "dataset.root={root}/own/cache", "hydra.sweep.dir={root}/outputs/sweep"],
+        "dataset.target: no column 'yy' in the table; did you mean y?",
+    ),
+    (
+        "an unreadable image in an image folder",
+        ["dataset=image_folder", "dataset.path={root}/own/images", "model=cnn",
+         "dataset.root={root}/own/image-cache"],
+        "cannot read",
+    ),
+]  # fmt: skip
 # Run as given: the others get the test's small data sizes first (the case has the last word).
-AS_GIVEN = {"a key given twice", "a swept key given twice"}
+AS_GIVEN = {
+    "a key given twice", "a swept key given twice", "a sweep naming a missing table column",
+    "an unreadable image in an image folder",
+}  # fmt: skip
 if not torch.cuda.is_available():
     CASES.append(
         ("cuda on a machine without", ["device=cuda"], "device=cuda but torch sees no CUDA GPU")
@@ -341,6 +361,19 @@ def _fingerprint(folder: Path) -> dict[str, str]:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
+
+
+def _write_own_data(folder: Path) -> None:
+    """A small table, and an image folder with one file that is no image."""
+    folder.mkdir()
+    rows = "\n".join(f"{i * 0.5},{i % 2}" for i in range(40))
+    (folder / "table.csv").write_text(f"x,y\n{rows}\n")
+    for label in ("a", "b"):
+        (folder / "images" / label).mkdir(parents=True)
+        for index in range(6):
+            grey = Image.new("L", (8, 8), color=40 * index)
+            grey.save(folder / "images" / label / f"{index}.png")
+    (folder / "images" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
 
 
 def _copy_run(root: Path, name: str) -> Path:
@@ -356,6 +389,7 @@ def workspace(tmp_path_factory) -> Iterator[Path]:
     result = run_cli(*TINY, f"hydra.run.dir={root / FINISHED}", cwd=root)
     assert result.returncode == 0, result.stderr
     write_idx_dataset(root / "corrupt" / "MNIST" / "raw", train=60, test=20, gzipped=False)
+    _write_own_data(root / "own")
     images = root / "corrupt" / "MNIST" / "raw" / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:1000])  # cut short, as by a failed copy
     (root / "a-file").write_text("not a folder\n")
@@ -426,6 +460,7 @@ def test_bad_input_overwrites_nothing(results, workspace):
     }  # fmt: skip
     assert not new_folders, new_folders  # missing or corrupt data left no run folder either
     assert not (workspace / "outputs" / "sweep").exists()
+    assert not (workspace / "own" / "image-cache").exists()  # bad data: no decoded cache either
     assert not (workspace / "trainlab.log").exists()
     busy_lock = workspace / "outputs" / "busy" / ".trainlab.lock"
     assert list(workspace.rglob(".trainlab.lock")) == [busy_lock]  # the one this test holds
