@@ -230,6 +230,12 @@ def make_truncated(top: Path) -> Path:
     return top
 
 
+def make_dead_link(top: Path) -> Path:
+    write_digits(top, 20)
+    (top / "5" / "gone.png").symlink_to(top / "nowhere.png")
+    return top
+
+
 def make_tiny(top: Path) -> Path:
     for label in ("a", "b"):
         (top / label).mkdir(parents=True)
@@ -268,6 +274,7 @@ BAD_FOLDERS = {
         "replace it$",
     ),
     "truncated image": (make_truncated, r"cannot read \S+/4/\d+\.png \(.+\); remove or replace"),
+    "broken link": (make_dead_link, r"cannot read \S+/5/gone\.png \(.+\); remove or replace"),
     "too few images": (
         make_tiny,
         r"the val split is empty \(4 train, 0 val, 0 test of 4 images in 2 classes\); raise "

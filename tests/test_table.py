@@ -245,7 +245,12 @@ def test_bad_tables_are_one_line_each_and_write_nothing(tmp_path):
     _bad(tmp_path, "dataset.features: no column 'z'", path=good, target="y", features=["x", "z"])
     _bad(tmp_path, "set dataset.target=", path=good, target=None)
     mixed = _write(tmp_path, plain.assign(x=["1.5", "2", "?", "4"] * 5), "mixed.csv")
-    _bad(tmp_path, "column 'x' mixes numbers and text (e.g. '?' in row 2", path=mixed, target="y")
+    _bad(
+        tmp_path,
+        "column 'x' mixes numbers and text (e.g. '?' in data row 3",
+        path=mixed,
+        target="y",
+    )
     holes = plain.assign(x=[1.0, None, 3.0, 4.0] * 5, w=[None] + [1.0] * 19)
     _bad(tmp_path, "missing values in 2 feature column(s): x (5), w (1); fill them in the file, "
          "or set dataset.impute=mean or median", path=_write(tmp_path, holes, "holes.csv"),
@@ -260,6 +265,37 @@ def test_bad_tables_are_one_line_each_and_write_nothing(tmp_path):
     _bad(tmp_path, "cannot read it as parquet", path=str(tmp_path / "broken.parquet"), target="y")
     _bad(tmp_path, "whole numbers with 4 distinct values", target="x",
          path=_write(tmp_path, plain.assign(x=[1, 2, 3, 4] * 5, y=[0.5] * 20), "ints.csv"))  # fmt: skip
+
+
+def test_tables_trainlab_cannot_learn_from_are_one_line_each(tmp_path):
+    """What a real file may hold: no rows, another separator, infinities, dates, lists, a
+    constant target, an empty column."""
+    (tmp_path / "header.csv").write_text("a,b,y\n")
+    _bad(tmp_path, "holds no rows", path=str(tmp_path / "header.csv"), target="y")
+    (tmp_path / "semi.csv").write_text("a;y\n1;2\n3;4\n")
+    _bad(tmp_path, "its columns are separated by ';'", path=str(tmp_path / "semi.csv"), target="y")
+    plain = pd.DataFrame({"x": np.arange(20.0), "y": [0.5, 1.5] * 10})
+    _bad(tmp_path, "infinite values in column(s) x (1)", target="y",
+         path=_write(tmp_path, plain.assign(x=[np.inf] + list(range(19))), "inf.csv"))  # fmt: skip
+    dated = plain.assign(when=pd.date_range("2026-01-01", periods=20))
+    dated.to_parquet(tmp_path / "dated.parquet")
+    _bad(tmp_path, "column 'when' holds dates or times", target="y",
+         path=str(tmp_path / "dated.parquet"))  # fmt: skip
+    listed = plain.assign(pair=[[1, 2]] * 20)
+    listed.to_parquet(tmp_path / "lists.parquet")
+    _bad(tmp_path, "column 'pair' holds lists", target="y", path=str(tmp_path / "lists.parquet"))
+    _bad(tmp_path, "holds one value (7) in every row", target="y",
+         path=_write(tmp_path, plain.assign(y=7), "constant.csv"))  # fmt: skip
+    _bad(tmp_path, "column 'w' has no values at all", target="y", impute="mean",
+         path=_write(tmp_path, plain.assign(w=np.nan), "empty.csv"))  # fmt: skip
+
+
+def test_large_grades_have_a_finite_ndcg():
+    from trainlab.metrics import ndcg_at_k
+
+    grades = torch.tensor([[0.0, 200.0, 400.0]])
+    assert ndcg_at_k(torch.tensor([[1.0, 2.0, 3.0]]), grades, 10).item() == 1.0
+    assert ndcg_at_k(torch.tensor([[3.0, 2.0, 1.0]]), grades, 10).item() == pytest.approx(0.5)
 
 
 def test_without_pandas_the_table_says_how_to_install_it(tmp_path, monkeypatch):

@@ -116,7 +116,12 @@ def test_a_user_loss_takes_its_settings_and_says_which_tasks_it_fits(user_module
 def test_config_dir_becomes_one_search_path_for_help_preflight_and_hydra(tmp_path):
     argv = ["trainlab", "--config-dir", str(EXAMPLE / "conf"), "-m", "loss=focal"]
     config_dir_as_searchpath(argv)
-    assert argv == ["trainlab", "-m", "loss=focal", f"hydra.searchpath=[file://{EXAMPLE / 'conf'}]"]
+    assert argv == [
+        "trainlab",
+        "-m",
+        "loss=focal",
+        f"hydra.searchpath=['file://{EXAMPLE / 'conf'}']",
+    ]
     assert EXAMPLE in code_folders(argv)  # the project's .py files sit beside its conf/
     from trainlab.cli import app_help
 
@@ -126,6 +131,30 @@ def test_config_dir_becomes_one_search_path_for_help_preflight_and_hydra(tmp_pat
     assert "wine_losses" in listing.split("experiment: ", 1)[1].split("\n")[0]
     with pytest.raises(Exception, match="--config-dir nowhere: no such folder"):
         config_dir_as_searchpath(["trainlab", "--config-dir=nowhere"])
+
+
+def test_a_config_folder_may_have_any_name_and_its_code_comes_first(tmp_path, monkeypatch):
+    """Commas, quotes, = and brackets in the folder's name reach Hydra whole; the project's own
+    modules win over installed ones of the same name (as they do in child processes)."""
+    import sys
+
+    from trainlab.cli import app_help
+    from trainlab.project_dirs import add_code_folders
+
+    project = tmp_path / "a,b'c=[1]"
+    (project / "conf" / "model").mkdir(parents=True)
+    (project / "conf" / "model" / "tiny.yaml").write_text("name: tiny\n_target_: profile.Net\n")
+    (project / "profile.py").write_text("NET = 1\n")  # shadows the standard library's profile
+    argv = ["trainlab", "-cd", str(project / "conf"), "model=tiny"]
+    config_dir_as_searchpath(argv)
+    assert "tiny" in app_help(["--help", argv[-1]]).split("model: ", 1)[1].split("\n")[0]
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    monkeypatch.delitem(sys.modules, "profile", raising=False)
+    add_code_folders(argv)
+    assert locate("profile.NET", "model") == 1
+    with pytest.raises(ConfigError, match=r"must be module\.name"):
+        locate("profile.NET.", "model")
 
 
 def _example_config(*overrides: str):
@@ -167,3 +196,13 @@ def test_the_worked_example_runs_as_its_readme_says(tmp_path):
     ]  # fmt: skip
     for name, metrics in members.items():
         assert metrics["test"]["accuracy"] >= 0.85, (name, metrics["test"])
+
+
+def test_an_option_file_without_a_name_says_so(tmp_path):
+    from trainlab.experiment import check_complete
+
+    (tmp_path / "loss").mkdir()
+    (tmp_path / "loss" / "noname.yaml").write_text("_target_: my_losses.focal_loss\n")
+    config = compose_config(f"hydra.searchpath=['file://{tmp_path}']", "loss=noname")
+    with pytest.raises(ConfigError, match="the chosen loss option's file has no name: line"):
+        check_complete(config)

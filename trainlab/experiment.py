@@ -148,6 +148,11 @@ def check_complete(config: DictConfig) -> None:
     for group in GROUPS:
         node = config.get(group)
         require(
+            not isinstance(node, DictConfig) or "name" in node or not len(node),
+            f"the chosen {group} option's file has no name: line; add name: <the file's name> "
+            "to it (the name a run reports)",
+        )
+        require(
             isinstance(node, DictConfig) and "name" in node,
             f"{group}: no option chosen (~{group} removes it); pick one, e.g. {group}=<option> "
             "(trainlab --help lists them)",

@@ -25,7 +25,10 @@ def ndcg_at_k(scores: torch.Tensor, grades: torch.Tensor, k: int) -> torch.Tenso
     places = torch.arange(items, device=scores.device)
     discounts = torch.where(places < k, 1.0 / torch.log2(places.float() + 2), 0.0)
     real = grades >= 0
-    gains = torch.where(real, torch.pow(2.0, grades.float()) - 1, 0.0)
+    # Gains scaled by 2^-(the list's top grade), which NDCG's ratio does not see: grades of 128
+    # and more would overflow float32 as 2^grade (and powers of two scale exactly).
+    top = torch.where(real, grades.float(), 0.0).amax(-1, keepdim=True)
+    gains = torch.where(real, torch.exp2(grades.float() - top) - torch.exp2(-top), 0.0)
     ordered, order = _real_first(torch.where(real, scores.float(), -torch.inf), real)
     ordered_gains = gains.gather(-1, order)
     # Tie groups along each sorted list: a new group wherever the score changes. A padded
@@ -41,7 +44,7 @@ def ndcg_at_k(scores: torch.Tensor, grades: torch.Tensor, k: int) -> torch.Tenso
     shared_gain = (group_gain / group_size.clamp_min(1)).gather(-1, group)
     dcg = (shared_gain * discounts).sum(-1)
     ideal = (torch.sort(gains, dim=-1, descending=True).values * discounts).sum(-1)
-    return torch.where(ideal > 0, dcg / ideal.clamp_min(1e-12), torch.ones_like(dcg))
+    return torch.where(ideal > 0, dcg / ideal.clamp_min(1e-30), torch.ones_like(dcg))
 
 
 def _real_first(scores: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,12 +41,20 @@ def _pop_config_dirs(argv: list[str]) -> list[str]:
     return found
 
 
-def _searchpath_entries(value: str) -> list[str]:
-    """The entries of a ``hydra.searchpath=[...]`` override's value."""
-    inner = value.strip()
-    if inner.startswith("[") and inner.endswith("]"):
-        inner = inner[1:-1]
-    return [entry.strip().strip("'\"") for entry in inner.split(",") if entry.strip()]
+def _searchpath_entries(override: str) -> list[str]:
+    """The entries of a ``hydra.searchpath=[...]`` override, read as Hydra reads them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        value = OverridesParser.create().parse_override(override.lstrip("+")).value()
+    except Exception:
+        return []  # the preflight says what is wrong with it
+    return [str(entry) for entry in value] if isinstance(value, list) else []
+
+
+def _quoted(entry: str) -> str:
+    """An entry Hydra reads back whole, whatever characters the folder's name holds."""
+    return "'" + entry.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def config_dir_as_searchpath(argv: list[str]) -> None:
@@ -64,9 +72,9 @@ def config_dir_as_searchpath(argv: list[str]) -> None:
     given = [i for i, arg in enumerate(argv) if i and override_key(arg) == SEARCHPATH]
     if given:
         index = given[-1]
-        entries = _searchpath_entries(argv[index].partition("=")[2]) + entries
+        entries = _searchpath_entries(argv[index]) + entries
         del argv[index]
-    argv.append(f"{SEARCHPATH}=[{','.join(entries)}]")
+    argv.append(f"{SEARCHPATH}=[{','.join(map(_quoted, entries))}]")
 
 
 def code_folders(argv: list[str]) -> list[Path]:
@@ -75,7 +83,7 @@ def code_folders(argv: list[str]) -> list[Path]:
     folders = [Path.cwd()]
     for arg in argv[1:]:
         if override_key(arg) == SEARCHPATH:
-            for entry in _searchpath_entries(arg.partition("=")[2]):
+            for entry in _searchpath_entries(arg):
                 if entry.startswith("file://"):
                     folder = Path(entry.removeprefix("file://")).expanduser().resolve()
                     folders += [folder.parent, folder]
@@ -85,6 +93,7 @@ def code_folders(argv: list[str]) -> list[Path]:
 def add_code_folders(argv: list[str]) -> None:
     """Put the project's code folders on the import path, here and in child processes."""
     folders = [str(folder) for folder in code_folders(argv)]
-    sys.path += [folder for folder in folders if folder not in sys.path]  # after the installed
+    # First, as PYTHONPATH puts them in child processes and `python -m` puts the current folder.
+    sys.path[:0] = [folder for folder in folders if folder not in sys.path]
     inherited = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*inherited, *folders]))

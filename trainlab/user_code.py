@@ -44,7 +44,7 @@ def is_user_part(config: Mapping[str, Any]) -> bool:
 def locate(target: Any, group: str) -> Any:
     """The object a dotted path names, importing the longest module prefix that exists; a
     module or name that is not there is one line."""
-    if not isinstance(target, str) or "." not in target.strip("."):
+    if not isinstance(target, str) or "." not in target or "" in target.split("."):
         raise ConfigError(
             f"{group}._target_ must be module.name (e.g. my_models.WideNet), got {target!r}"
         )

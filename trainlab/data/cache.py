@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from trainlab.errors import UserError
 from trainlab.files import OutputError, atomic_write
 
 log = logging.getLogger("trainlab")
@@ -36,7 +37,12 @@ def files_key(paths: Iterable[Path], settings: Mapping[str, Any]) -> str:
     changes."""
     entries = []
     for path in sorted(paths):
-        status = path.stat()
+        try:
+            status = path.stat()
+        except OSError as error:  # a broken link, or a file removed since it was listed
+            raise UserError(
+                f"cannot read {path} ({error.strerror}); remove or replace it"
+            ) from None
         entries.append([str(path.resolve()), status.st_size, status.st_mtime_ns])
     return json.dumps({"files": entries, "settings": dict(settings)}, sort_keys=True, default=str)
 

@@ -28,8 +28,10 @@ from trainlab.data.cache import cache_path, files_key, read_cache, write_cache
 from trainlab.data.images import DataError
 from trainlab.data.table_encoding import check_task, class_labels, encode_features, grades
 from trainlab.data.table_file import (
+    check_kind,
     check_not_mixed,
     check_path,
+    count_infinite,
     count_missing,
     pandas,
     read_table,
@@ -141,10 +143,12 @@ def _decoded_for(key: str, settings_text: str) -> dict[str, Any]:
 def decode(settings: dict[str, Any]) -> dict[str, Any]:
     """Read, check, split and encode the table: the tensors and what describes them."""
     table = read_table(check_path(settings["path"]))
+    if len(table) == 0:
+        raise DataError(f"dataset.path={settings['path']} holds no rows; check the file")
     columns = _columns(table, settings)
     target, query = settings["target"], settings["query"]
-    task = check_task(settings["task"], table[target], target, query)
     _check_values(table, columns, settings)
+    task = check_task(settings["task"], table[target], target, query)
     labels, classes = (
         class_labels(table[target], target) if task == "classification" else (None, [])
     )
@@ -217,10 +221,17 @@ def _columns(table: Any, settings: dict[str, Any]) -> list[str]:
 
 
 def _check_values(table: Any, features: list[str], settings: dict[str, Any]) -> None:
-    """Missing values and columns that mix numbers with text, named with their counts."""
+    """Columns of a kind trainlab cannot read, missing and infinite values, and columns that
+    mix numbers with text, named with their counts."""
     own = [
         name for name in (settings["target"], settings["query"], settings["split_column"]) if name
     ]
+    for name in [*own, *features]:
+        check_kind(table[name], name)
+    infinite = count_infinite(table, [settings["target"], *features])
+    if infinite:
+        listed = ", ".join(f"{name} ({count})" for name, count in infinite.items())
+        raise DataError(f"infinite values in column(s) {listed}; fix them in the file")
     missing = count_missing(table, own)
     if missing:
         name, count = next(iter(missing.items()))
@@ -233,6 +244,11 @@ def _check_values(table: Any, features: list[str], settings: dict[str, Any]) -> 
         if name not in categorical:
             check_not_mixed(table[name], name, "categorical")
     missing = count_missing(table, features)
+    empty = [name for name, count in missing.items() if count == len(table)]
+    if empty:
+        raise DataError(
+            f"column {empty[0]!r} has no values at all; leave it out with dataset.features=[...]"
+        )
     if missing and settings["impute"] is None:
         listed = ", ".join(f"{name} ({count})" for name, count in missing.items())
         raise DataError(

@@ -118,6 +118,11 @@ def infer_task(column: Any, target: str, query: str | None) -> str:
     if not np.all(values == np.round(values)):
         return "regression"
     distinct = len(np.unique(values))
+    if distinct == 1:
+        raise DataError(
+            f"dataset.target={target} holds one value ({values[0]:g}) in every row; there is "
+            "nothing to learn: choose another target"
+        )
     if distinct == 2:
         return "classification"
     if distinct > MANY_VALUES:  # a count or an amount: classes are rarely numbered this far
@@ -167,7 +172,7 @@ def class_labels(column: Any, target: str) -> tuple[np.ndarray, list[str]]:
     classes = sorted(pd.unique(column))
     if len(classes) < 2:
         raise DataError(
-            f"dataset.target={target} holds one class ({classes[0]!r}) in all {len(column)} "
+            f"dataset.target={target} holds one class ({str(classes[0])!r}) in all {len(column)} "
             "rows; classification needs two or more"
         )
     codes = pd.Index(classes).get_indexer(column).astype(np.int64)

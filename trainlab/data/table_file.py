@@ -69,7 +69,9 @@ def read_table(path: Path) -> Any:
             return _read_npz(path, pd)
         if kind == "parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", low_memory=False)
+        table = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", low_memory=False)
+        _check_separator(table, path, kind)
+        return table
     except ImportError as error:  # Parquet without pyarrow
         raise DataError(f"dataset.path={path}: {first_line(error)}; {INSTALL}") from None
     except DataError:
@@ -79,6 +81,21 @@ def read_table(path: Path) -> Any:
             f"dataset.path={path}: cannot read it as {kind} ({first_line(error)[:200]}); "
             "check the file"
         ) from None
+
+
+def _check_separator(table: Any, path: Path, kind: str) -> None:
+    """One column whose name holds ; or | : a file separated by something else."""
+    if len(table.columns) == 1:
+        header = str(table.columns[0])
+        for separator in (";", "|", "\t", ","):
+            if separator in header:
+                shown = {"\t": "tabs"}.get(separator, repr(separator))
+                raise DataError(
+                    f"dataset.path={path}: its columns are separated by {shown}, but a .{kind} "
+                    "file is read as "
+                    + ("comma" if kind == "csv" else "tab")
+                    + "-separated; convert it (or name it .tsv for tabs)"
+                )
 
 
 def _read_npz(path: Path, pd: Any) -> Any:
@@ -118,6 +135,40 @@ def require_columns(table: Any, key: str, names: Iterable[str]) -> None:
             )
 
 
+def check_kind(column: Any, name: str) -> None:
+    """Columns trainlab can learn from hold numbers, true/false or text: not dates or times,
+    and not lists or other containers (a Parquet list column, say)."""
+    pd = pandas()
+    if pd.api.types.is_datetime64_any_dtype(column.dtype) or pd.api.types.is_timedelta64_dtype(
+        column.dtype
+    ):
+        raise DataError(
+            f"column {name!r} holds dates or times; convert it to numbers in the file (e.g. days "
+            "since a start date), or leave it out with dataset.features=[...]"
+        )
+    if column.dtype == object:
+        try:
+            pd.unique(column)
+        except TypeError:  # unhashable: lists, arrays, dicts
+            raise DataError(
+                f"column {name!r} holds lists or other containers, not numbers or text; leave "
+                "it out with dataset.features=[...]"
+            ) from None
+
+
+def count_infinite(table: Any, names: list[str]) -> dict[str, int]:
+    """Infinite values per numeric column, for the columns that have any."""
+    import numpy as np
+
+    counts = {}
+    for name in names:
+        if not is_text(table[name]) and not pandas().api.types.is_bool_dtype(table[name].dtype):
+            count = int(np.isinf(table[name].to_numpy(dtype=np.float64, na_value=0.0)).sum())
+            if count:
+                counts[name] = count
+    return counts
+
+
 def is_text(column: Any) -> bool:
     """Whether a column holds text (strings, or Python objects pandas could not type)."""
     pd = pandas()
@@ -135,10 +186,11 @@ def check_not_mixed(column: Any, name: str, key: str) -> None:
     distinct = pd.Series(pd.unique(column.dropna()))
     parsed = pd.to_numeric(distinct.astype(str), errors="coerce").notna()
     if 0 < int(parsed.sum()) < len(distinct):
-        text_rows = column.isin(set(distinct[~parsed]))
-        first = column[text_rows].index[0]
+        text_rows = column.isin(set(distinct[~parsed])).to_numpy()
+        first = int(text_rows.argmax())
         raise DataError(
-            f"column {name!r} mixes numbers and text (e.g. {column[first]!r} in row {first}, "
+            f"column {name!r} mixes numbers and text (e.g. {column.iloc[first]!r} in data row "
+            f"{first + 1}, "
             f"{int(text_rows.sum())} such rows); fix the file (leave missing values empty), or "
             f"list it in dataset.{key} to treat every value as a category"
         )
