@@ -276,7 +276,7 @@ def test_tables_trainlab_cannot_learn_from_are_one_line_each(tmp_path):
     _bad(tmp_path, "its columns are separated by ';'", path=str(tmp_path / "semi.csv"), target="y")
     plain = pd.DataFrame({"x": np.arange(20.0), "y": [0.5, 1.5] * 10})
     _bad(tmp_path, "infinite values in column(s) x (1)", target="y",
-         path=_write(tmp_path, plain.assign(x=[np.inf] + list(range(19))), "inf.csv"))  # fmt: skip
+         path=_write(tmp_path, plain.assign(x=[np.inf, *range(19)]), "inf.csv"))  # fmt: skip
     dated = plain.assign(when=pd.date_range("2026-01-01", periods=20))
     dated.to_parquet(tmp_path / "dated.parquet")
     _bad(tmp_path, "column 'when' holds dates or times", target="y",
