@@ -206,3 +206,14 @@ def test_an_option_file_without_a_name_says_so(tmp_path):
     config = compose_config(f"hydra.searchpath=['file://{tmp_path}']", "loss=noname")
     with pytest.raises(ConfigError, match="the chosen loss option's file has no name: line"):
         check_complete(config)
+
+
+def test_suggested_commands_name_the_config_folder_as_the_user_typed_it():
+    from trainlab.project_dirs import as_typed
+
+    argv = ["trainlab", "--config-dir", str(EXAMPLE / "conf")]
+    config_dir_as_searchpath(argv)
+    assert as_typed(["hydra.mode=RUN", argv[-1]]) == [f"--config-dir {EXAMPLE / 'conf'}"]
+    assert as_typed(["hydra.searchpath=[pkg://mine.conf]"]) == [
+        "'hydra.searchpath=[pkg://mine.conf]'"
+    ]

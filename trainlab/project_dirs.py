@@ -97,3 +97,20 @@ def add_code_folders(argv: list[str]) -> None:
     sys.path[:0] = [folder for folder in folders if folder not in sys.path]
     inherited = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*inherited, *folders]))
+
+
+def as_typed(hydra_overrides: list[str]) -> list[str]:
+    """A run's own config folders as a user types them (``--config-dir DIR``), for the commands
+    trainlab suggests: the options they name are found again."""
+    import shlex
+
+    flags: list[str] = []
+    for override in hydra_overrides:
+        if override_key(override) != SEARCHPATH:
+            continue
+        entries = _searchpath_entries(override)
+        if all(entry.startswith("file://") for entry in entries):
+            flags += [f"--config-dir {shlex.quote(e.removeprefix('file://'))}" for e in entries]
+        else:
+            flags.append(shlex.quote(override))
+    return flags

@@ -38,6 +38,7 @@ from trainlab.loggers import ConsoleLogger, NullLogger, TensorBoardLogger, hpara
 from trainlab.lr_find import plot, probe, read_probe_settings
 from trainlab.metric_names import PRIMARY_METRIC
 from trainlab.metrics import evaluate, metric_names
+from trainlab.project_dirs import as_typed
 from trainlab.resume import check_resumable, checkpoint_parts, restore
 from trainlab.run_folder import CHECKPOINT_NAME, PROBE_PLOT_NAME, Plan, claimed, now
 
@@ -285,8 +286,10 @@ def find_lr(
         for o in setup.plan.overrides
         if override_key(o) not in ("mode", "optimizer.lr") and not o.startswith("lr_find.")
     ]
+    hydra_overrides = list(job.hydra_config.overrides.hydra) if job.hydra_config else []
     command = None if suggested is None else " ".join(
-        ["trainlab", *kept, shell_override("optimizer.lr", float(f"{suggested:.3g}"))]
+        ["trainlab", *as_typed(hydra_overrides), *kept,
+         shell_override("optimizer.lr", float(f"{suggested:.3g}"))]
     )  # fmt: skip
     last = curve.lrs[-1] if curve.lrs else settings.min_lr
     message = f"ramped the lr to {last:.3g}"

@@ -99,6 +99,7 @@ def _spec(data: dict[str, Any]) -> DatasetSpec:
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
+    check_path(settings["path"])
     require(
         settings["target"] is not None,
         "dataset=table needs the column to predict: set dataset.target=<column>",
