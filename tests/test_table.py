@@ -198,6 +198,17 @@ def test_the_task_is_inferred_from_the_target_where_it_is_clear(tmp_path, target
     )
 
 
+def test_columns_named_by_numbers_are_named_as_a_command_line_gives_them(tmp_path):
+    frame = pd.DataFrame({0: np.arange(20.0), 1: [0.5, 2.5] * 10, 2: ["a", "b"] * 10})
+    frame.to_parquet(tmp_path / "numbered.parquet")  # Parquet keeps the numbers as text
+    (tmp_path / "numbered.csv").write_text(
+        "0,1,2\n" + "".join(f"{i}.5,{i % 3},{'ab'[i % 2]}\n" for i in range(20))
+    )
+    for name in ("numbered.parquet", "numbered.csv"):
+        settings = table_settings(tmp_path, str(tmp_path / name), target=2, features=[0, 1])
+        assert describe_dataset(settings).input_shape == (2,)  # dataset.target=2 on the CLI
+
+
 def test_npz_columns_and_matrices_are_a_table(tmp_path):
     generator = np.random.default_rng(0)
     np.savez(tmp_path / "t.npz", x=generator.normal(size=(50, 3)), label=np.arange(50) % 2)

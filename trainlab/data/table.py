@@ -49,17 +49,17 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "va
 def describe(
     path: str | None,
     root: str,
-    target: str | None,
+    target: str | int | None,
     task: Literal["classification", "regression", "ranking"] | None = None,
-    features: list[str] | None = None,
-    categorical: list[str] | None = None,
-    query: str | None = None,
+    features: list[str | int] | None = None,
+    categorical: list[str | int] | None = None,
+    query: str | int | None = None,
     impute: Literal["mean", "median"] | None = None,
     standardize_target: bool = True,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     split_seed: int = 0,
-    split_column: str | None = None,
+    split_column: str | int | None = None,
     max_categories: int = 1000,
     ndcg_k: int = 10,
 ) -> DatasetSpec:
@@ -121,8 +121,21 @@ def _check_settings(settings: dict[str, Any]) -> None:
     require(settings["ndcg_k"] >= 1, f"dataset.ndcg_k must be >= 1, got {settings['ndcg_k']}")
 
 
+def _names_as_text(settings: dict[str, Any]) -> dict[str, Any]:
+    """Column names as text: a command line's ``dataset.target=3`` names the column "3"."""
+    named = dict(settings)
+    for key in ("target", "query", "split_column"):
+        if named.get(key) is not None:
+            named[key] = str(named[key])
+    for key in ("features", "categorical"):
+        if named.get(key) is not None:
+            named[key] = [str(name) for name in named[key]]
+    return named
+
+
 def decoded(settings: dict[str, Any]) -> dict[str, Any]:
     """The decoded table for ``settings``: from this process's memory, the cache, or the file."""
+    settings = _names_as_text(settings)
     file = check_path(settings["path"])
     shaping = {key: value for key, value in settings.items() if key != "root"}
     key = files_key([file], {**shaping, "format": CACHE_FORMAT})

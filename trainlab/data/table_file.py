@@ -66,12 +66,12 @@ def read_table(path: Path) -> Any:
     kind = table_format(path)
     try:
         if kind == "npz":
-            return _read_npz(path, pd)
-        if kind == "parquet":
-            return pd.read_parquet(path)
-        table = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", low_memory=False)
-        _check_separator(table, path, kind)
-        return table
+            table = _read_npz(path, pd)
+        elif kind == "parquet":
+            table = pd.read_parquet(path)
+        else:
+            table = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", low_memory=False)
+            _check_separator(table, path, kind)
     except ImportError as error:  # Parquet without pyarrow
         raise DataError(f"dataset.path={path}: {first_line(error)}; {INSTALL}") from None
     except DataError:
@@ -81,6 +81,8 @@ def read_table(path: Path) -> Any:
             f"dataset.path={path}: cannot read it as {kind} ({first_line(error)[:200]}); "
             "check the file"
         ) from None
+    table.columns = [str(name) for name in table.columns]  # a Parquet file may number them
+    return table
 
 
 def _check_separator(table: Any, path: Path, kind: str) -> None:
