@@ -15,6 +15,7 @@ from tests.helpers import compose_config, run_cli, run_in_children, train_run
 from tests.image_files import write_cifar_dataset, write_idx_dataset
 from trainlab.data import InMemoryLoader, load_dataset
 from trainlab.data import images as image_files
+from trainlab.data.cache import read_cache
 from trainlab.data.images import DataError
 from trainlab.data.transforms import ImageBatches, random_flip, random_translate
 
@@ -131,7 +132,7 @@ def test_two_processes_building_the_cache_at_once(tmp_path):
     assert [f.name for f in cache_files] == [
         f"mnist-uint8-v{image_files.CACHE_FORMAT}.pt"
     ]  # no leftovers
-    assert image_files._read_cache(cache_files[0]) is not None  # intact, checksum verified
+    assert read_cache(cache_files[0], None) is not None  # intact, checksum verified
 
 
 def test_split_depends_on_split_seed_only(tmp_path):

@@ -10,25 +10,21 @@ from __future__ import annotations
 
 import functools
 import gzip
-import io
-import json
 import logging
 import pickle
 import shutil
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainlab.data.cache import files_key, read_cache, write_cache
 from trainlab.errors import UserError
-from trainlab.files import OutputError, atomic_write
 
 log = logging.getLogger("trainlab")
-CACHE_FORMAT = 3
-SPLIT_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+CACHE_FORMAT = 4  # 4: the shared entry format of trainlab.data.cache
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -200,47 +196,10 @@ def _cache_path(source: ImageSource, root: Path) -> Path:
     return root / "trainlab-cache" / f"{source.name}-uint8-v{CACHE_FORMAT}.pt"
 
 
-def _checksum(tensors: dict[str, Any]) -> int:
-    """CRC-32 of every split's bytes: catches a cache damaged after it was written."""
-    value = 0
-    for key in SPLIT_KEYS:
-        value = zlib.crc32(tensors[key].contiguous().numpy().tobytes(), value)
-    return value
-
-
-def _read_cache(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        tensors = torch.load(path, weights_only=True)
-        if set(tensors) == {*SPLIT_KEYS, "fingerprint", "checksum"} and tensors[
-            "checksum"
-        ] == _checksum(tensors):
-            return tensors
-    except Exception:  # a truncated or foreign file: decode again
-        pass
-    log.warning("ignoring a damaged dataset cache %s; decoding the files again", path)
-    return None
-
-
-def _write_cache(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Atomic: concurrent runs each write their own temporary file, the last rename wins."""
-    try:
-        buffer = io.BytesIO()  # serialized first: a failing write is then a plain OSError
-        torch.save(tensors, buffer)
-        atomic_write(path, lambda file: file.write(buffer.getbuffer()))
-    except OutputError as error:
-        log.warning("%s; continuing without a dataset cache", error)
-
-
 def _fingerprint(source: ImageSource, found: Path) -> str:
-    """Which files a cache was decoded from: folder, names, sizes and modification times."""
-    entries = []
-    for name in source.files:
-        path = found / name if (found / name).is_file() else found / f"{name}.gz"
-        status = path.stat()
-        entries.append([path.name, status.st_size, status.st_mtime_ns])
-    return json.dumps({"folder": str(found.resolve()), "files": entries})
+    """Which files a cache was decoded from: their paths, sizes and modification times."""
+    paths = [found / n if (found / n).is_file() else found / f"{n}.gz" for n in source.files]
+    return files_key(paths, {"source": source.name})
 
 
 def read_images(name: str, root: str | Path, download: bool) -> dict[str, torch.Tensor]:
@@ -258,10 +217,8 @@ def read_images(name: str, root: str | Path, download: bool) -> dict[str, torch.
         )
     cache = _cache_path(source, root)
     found = _find_files(source, root)
-    tensors = _read_cache(cache)
-    if tensors is not None and (
-        found is None or tensors["fingerprint"] == _fingerprint(source, found)
-    ):
+    tensors = read_cache(cache, None if found is None else _fingerprint(source, found))
+    if tensors is not None:
         return tensors
     if found is None:
         if not download:
@@ -277,7 +234,6 @@ def read_images(name: str, root: str | Path, download: bool) -> dict[str, torch.
                 "(or $TRAINLAB_DATA) at a writable folder"
             ) from None
     log.info("decoding %s from %s (once; cached in %s)", name, found, cache)
-    tensors = {**_decode(source, found), "fingerprint": _fingerprint(source, found)}
-    tensors["checksum"] = _checksum(tensors)
-    _write_cache(cache, tensors)
+    tensors = _decode(source, found)
+    write_cache(cache, _fingerprint(source, found), tensors)
     return tensors
