@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -215,59 +215,19 @@ class _Loop:
 
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         """One optimizer step; its loss and penalty are added to the sums on the device."""
-        reported: list[torch.Tensor] = []
-
-        def closure() -> torch.Tensor:
-            self.optimizer.zero_grad(set_to_none=True)
-            data_loss, penalty = self._backward(inputs, targets)
-            if self.settings.clip_grad_norm is not None:  # the norm logged is the one before
-                self.grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self.parameters, self.settings.clip_grad_norm
-                )
-            if not reported:  # L-BFGS evaluates several times; the step's first value counts
-                reported.append(data_loss)
-                if penalty is not None:
-                    reported.append(penalty)
-            return data_loss if penalty is None else data_loss + penalty
-
-        self.optimizer.step(closure)
-        self.state.sums[LOSS] += reported[0]
-        if self.penalty is not None:
-            self.state.sums[PENALTY] += reported[1]
+        data_loss, penalty, grad_norm = optimizer_step(
+            self.model, self.loss_fn, self.optimizer, self.penalty, inputs, targets,
+            self.settings.clip_grad_norm, self.settings.accumulate_steps, self.parameters,
+        )  # fmt: skip
+        if grad_norm is not None:
+            self.grad_norm = grad_norm
+        self.state.sums[LOSS] += data_loss
+        if penalty is not None:
+            self.state.sums[PENALTY] += penalty
         self.state.step += 1
         self.state.epoch_steps += 1
         self.state.interval_steps += 1
         self.schedule.step_done()
-
-    def _backward(
-        self, inputs: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The gradient of the batch's loss plus penalty, over ``accumulate_steps``
-        micro-batches: each one's mean loss weighted by its share of the batch, so that the
-        sum is the batch's mean and its gradient the batch's (exactly so for losses that
-        average over examples). The penalty is weighted the same way, once in all."""
-        # A short last batch gets fewer micro-batches, never an empty one.
-        count = min(self.settings.accumulate_steps, len(inputs))
-        parts = zip(inputs.tensor_split(count), targets.tensor_split(count), strict=True)
-        data_loss, penalty = torch.zeros((), device=inputs.device), None
-        for index, (part_inputs, part_targets) in enumerate(parts):
-            share = len(part_inputs) / len(inputs)
-            last = index == count - 1
-            with self._gradients_kept_local(not last):
-                part_loss = self.loss_fn(self.model(part_inputs), part_targets)
-                part_penalty = self.penalty() if self.penalty is not None else None
-                total = part_loss if part_penalty is None else part_loss + part_penalty
-                (total * share).backward()
-            data_loss = data_loss + part_loss.detach() * share
-            if part_penalty is not None:
-                penalty = part_penalty.detach()  # the same for every part: the weights did not move
-        return data_loss, penalty
-
-    def _gradients_kept_local(self, local: bool) -> Any:
-        """Data-parallel: gradients stay on each process until the step's last micro-batch,
-        whose backward averages the sum over the processes (DistributedDataParallel.no_sync)."""
-        no_sync = getattr(self.model, "no_sync", None)
-        return no_sync() if local and no_sync is not None else contextlib.nullcontext()
 
     def _stop_after_step(self, epoch: int) -> bool:
         """Log at the interval (and stop on divergence), stop on request (after a
@@ -382,3 +342,72 @@ class _Loop:
         for callback in self.callbacks:
             callback.on_fit_end(result)
         return result
+
+
+class Step(NamedTuple):
+    """What one optimizer step saw (its first evaluation, of L-BFGS's several), on the device:
+    the data loss, the penalty, and the gradient norm before clipping (when clipping)."""
+
+    data_loss: torch.Tensor
+    penalty: torch.Tensor | None
+    grad_norm: torch.Tensor | None
+
+
+def optimizer_step(
+    model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, penalty: Penalty | None,
+    inputs: torch.Tensor, targets: torch.Tensor, clip_grad_norm: float | None,
+    accumulate_steps: int, parameters: Sequence[torch.Tensor],
+) -> Step:  # fmt: skip
+    """One step of ``optimizer`` on a batch, through a closure as L-BFGS needs: the training
+    loop's step and the lr probe's."""
+    seen: list[Step] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        data_loss, penalty_value = backward(
+            model, loss_fn, penalty, inputs, targets, accumulate_steps
+        )
+        norm = None
+        if clip_grad_norm is not None:  # the norm logged is the one before clipping
+            norm = torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)
+        if not seen:
+            seen.append(Step(data_loss, penalty_value, norm))
+        return data_loss if penalty_value is None else data_loss + penalty_value
+
+    optimizer.step(closure)
+    return seen[0]
+
+
+def backward(
+    model: nn.Module, loss_fn: LossFn, penalty: Penalty | None, inputs: torch.Tensor,
+    targets: torch.Tensor, accumulate_steps: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """The gradient of the batch's loss plus penalty; both values, detached. With
+    ``accumulate_steps`` > 1, over micro-batches: each one's mean loss weighted by its share of
+    the batch, so that the sum is the batch's mean and its gradient the batch's (exactly so for
+    losses that average over examples); the penalty is added once, with the last (the weights
+    do not move between micro-batches)."""
+    count = min(accumulate_steps, len(inputs))  # a short last batch: never an empty part
+    if count == 1:  # the common case: one forward, one backward
+        data_loss = loss_fn(model(inputs), targets)
+        penalty_value = penalty() if penalty is not None else None
+        (data_loss if penalty_value is None else data_loss + penalty_value).backward()
+        return data_loss.detach(), None if penalty_value is None else penalty_value.detach()
+    parts = zip(inputs.tensor_split(count), targets.tensor_split(count), strict=True)
+    data_loss, penalty_value = torch.zeros((), device=inputs.device), None
+    for index, (part_inputs, part_targets) in enumerate(parts):
+        last = index == count - 1
+        with _gradients_kept_local(model, not last):
+            share = len(part_inputs) / len(inputs)
+            part_loss = loss_fn(model(part_inputs), part_targets) * share
+            penalty_value = penalty() if last and penalty is not None else None
+            (part_loss if penalty_value is None else part_loss + penalty_value).backward()
+        data_loss = data_loss + part_loss.detach()
+    return data_loss, None if penalty_value is None else penalty_value.detach()
+
+
+def _gradients_kept_local(model: nn.Module, local: bool) -> Any:
+    """Data-parallel: gradients stay on each process until the step's last micro-batch, whose
+    backward averages the sum over the processes (DistributedDataParallel.no_sync)."""
+    no_sync = getattr(model, "no_sync", None)
+    return no_sync() if local and no_sync is not None else contextlib.nullcontext()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from trainlab.engine import optimizer_step
 from trainlab.losses import LossFn
 from trainlab.regularizers import Penalty
 from trainlab.settings import positive, require
@@ -97,10 +98,12 @@ def probe(
     reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
     clip_grad_norm: float | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
+    accumulate_steps: int = 1,
 ) -> Curve:
     """Step ``optimizer`` at growing lrs over ``batches`` (cycled); the curve it saw.
     ``on_point(step, lr, loss, smoothed)`` after each step; ``reduce_mean`` averages the loss
-    over data-parallel processes; ``clip_grad_norm`` clips as the run would; a stop request
+    over data-parallel processes; ``clip_grad_norm`` and ``accumulate_steps`` step as the run
+    would; a stop request
     (Ctrl-C) ends the probe after the step, with the curve so far."""
     curve, average, best = Curve(), 0.0, math.inf
     model.train()
@@ -108,7 +111,10 @@ def probe(
         lr = lr_at(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = _step(model, loss_fn, optimizer, penalty, inputs, targets, clip_grad_norm)
+        loss = optimizer_step(
+            model, loss_fn, optimizer, penalty, inputs, targets, clip_grad_norm,
+            accumulate_steps, list(model.parameters()),
+        ).data_loss  # fmt: skip
         value = (reduce_mean(loss.reshape(1)) if reduce_mean else loss).item()
         if not math.isfinite(value):
             curve.stopped_early = True
@@ -134,25 +140,6 @@ def _forever(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from batches
-
-
-def _step(model, loss_fn, optimizer, penalty, inputs, targets, clip) -> torch.Tensor:
-    """One optimizer step (a closure, as L-BFGS needs); the data loss before it."""
-    seen: list[torch.Tensor] = []
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        data_loss = loss_fn(model(inputs), targets)
-        total = data_loss if penalty is None else data_loss + penalty()
-        total.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        if not seen:
-            seen.append(data_loss.detach())
-        return total.detach()
-
-    optimizer.step(closure)
-    return seen[0]
 
 
 def plot(path: Path, curve: Curve, suggested: float | None, title: str) -> None:

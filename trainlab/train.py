@@ -277,6 +277,7 @@ def find_lr(
         model, setup.experiment.loss_fn, setup.training.optimizer, setup.training.penalty,
         setup.loader, settings, loggers.tensorboard.write_probe_point, team.mean(),
         setup.experiment.optimizer_choice.clip_grad_norm, team.any(job.stop_requested),
+        setup.settings.accumulate_steps,
     )  # fmt: skip
     suggested, rule = curve.suggestion()
     title = f"{job.title}: lr range test ({len(curve.lrs)} steps)"
