@@ -330,6 +330,7 @@ if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
     )
 # A user's own data, found wrong in the preflight of a whole sweep (the cases' files are made by
 # the workspace fixture): nothing runs, no member folder and no cache is written.
+TABLES = importlib.util.find_spec("pandas") is not None  # the tables extra
 CASES += [
     (
         "a sweep naming a missing table column",
@@ -344,6 +345,8 @@ CASES += [
         "cannot read",
     ),
 ]  # fmt: skip
+if not TABLES:
+    CASES = [case for case in CASES if case[0] != "a sweep naming a missing table column"]
 # Run as given: the others get the test's small data sizes first (the case has the last word).
 AS_GIVEN = {
     "a key given twice", "a swept key given twice", "a sweep naming a missing table column",

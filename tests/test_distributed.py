@@ -50,8 +50,8 @@ def single(tmp_path_factory) -> Path:
 
 
 def test_two_processes_make_one_run_with_the_numbers_of_one_process(single, tmp_path):
-    # (Started as torchrun starts them: the real torchrun's start and teardown are the next
-    # test's, and a fresh torchrun costs ten seconds of imports.)
+    # (Started as torchrun starts them, in warm children: a fresh torchrun costs ten seconds of
+    # imports. The real torchrun starts the next test's run, which one process then ends.)
     result = run_processes(*RUN, cwd=tmp_path)  # no hydra.run.dir: they must agree on one
     assert result.returncode == 0, result.stderr[-3000:]
     [run_dir] = [p.parent for p in (tmp_path / "outputs").rglob("metrics.json")]

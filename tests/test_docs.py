@@ -240,6 +240,8 @@ def _check_trainlab(args: list[str], error: str | None) -> str:
     plugins = importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
     if problem is not None and "pip install" in problem and not plugins:
         return "skip: needs the sweep extra"
+    if problem is not None and "trainlab[tables]" in problem:
+        return "skip: needs the tables extra"
     if any(a.startswith("device=cuda") for a in args) and problem and "CUDA" in problem:
         return "skip: needs a CUDA GPU"
     if error is None:

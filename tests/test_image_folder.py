@@ -26,6 +26,8 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1797 digits as uint8 images (0..16 scaled to 0..255) and their labels, read
     from its data file: importing sklearn would cost two seconds."""
     package = importlib.util.find_spec("sklearn")
+    if package is None:
+        pytest.skip("the digits come with scikit-learn (the dev extra)")
     table = Path(package.origin).parent / "datasets" / "data" / "digits.csv.gz"  # type: ignore[union-attr,arg-type]
     if table.is_file():
         values = np.loadtxt(table, delimiter=",")

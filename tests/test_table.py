@@ -14,6 +14,7 @@ from trainlab.data.base import PAD_GRADE
 from trainlab.errors import UserError
 
 pd = pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")  # Parquet files (the tables extra has both)
 datasets = pytest.importorskip("sklearn.datasets")
 
 CULTIVARS = np.array(["barolo", "grignolino", "barbera"])  # the UCI wine data's three cultivars

@@ -166,6 +166,7 @@ def _example_config(*overrides: str):
 
 
 def test_the_examples_own_model_and_loss_resume_exactly(tmp_path, monkeypatch):
+    pytest.importorskip("pandas")  # the example's data is a table (the tables extra)
     monkeypatch.syspath_prepend(str(EXAMPLE))
     config = _example_config(f"dataset.root={tmp_path / 'data'}", "epochs=3")
     train_run(config, tmp_path / "whole")
@@ -180,6 +181,7 @@ def test_the_examples_own_model_and_loss_resume_exactly(tmp_path, monkeypatch):
 def test_the_worked_example_runs_as_its_readme_says(tmp_path):
     """The README's example sweep, in the example's folder: its own data, model, loss and preset
     found through --config-dir, four members that all learn the wine data."""
+    pytest.importorskip("pandas")  # the example's data is a table (the tables extra)
     result = run_cli(
         "--config-dir", "conf", "-m", "+experiment=wine_losses", "epochs=12",
         f"hydra.sweep.dir={tmp_path / 'sweep'}", f"dataset.root={tmp_path / 'data'}",
