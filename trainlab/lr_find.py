@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -142,7 +143,7 @@ def _forever(
         yield from batches
 
 
-def plot(path: Path, curve: Curve, suggested: float | None, title: str) -> None:
+def plot(file: Path | IO[bytes], curve: Curve, suggested: float | None, title: str) -> None:
     """The loss against the lr on a log axis, smoothed over raw, the suggestion marked."""
     import matplotlib
 
@@ -168,5 +169,5 @@ def plot(path: Path, curve: Curve, suggested: float | None, title: str) -> None:
     axis.set_title(title, fontsize=10)
     axis.grid(alpha=0.3, which="both")
     axis.legend(loc="lower left", fontsize=8, frameon=False)
-    figure.savefig(path, dpi=110, format="png")  # (the path may be a temporary name)
+    figure.savefig(file, dpi=110, format="png")
     plt.close(figure)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -506,14 +506,9 @@ class RunFolder:
     def save_checkpoint(self, parts: dict[str, Any]) -> None:
         save_checkpoint(self.path / CHECKPOINT_NAME, parts)
 
-    def write_picture(self, name: str, draw: Callable[[Path], None]) -> None:
-        """``draw(path)`` into a temporary file, renamed to ``name`` once whole."""
-        temporary = self.path / f".{name}.tmp"
-        try:
-            draw(temporary)
-            os.replace(temporary, self.path / name)
-        finally:
-            temporary.unlink(missing_ok=True)
+    def write_picture(self, name: str, draw: Callable[[IO[bytes]], None]) -> None:
+        """``draw(file)`` into the run's file ``name``, which appears only once whole."""
+        atomic_write(self.path / name, draw)
 
     # -- how the run ends --
 
@@ -729,7 +724,7 @@ class Bystander:
 
     def save_checkpoint(self, parts: dict[str, Any]) -> None: ...
 
-    def write_picture(self, name: str, draw: Callable[[Path], None]) -> None: ...
+    def write_picture(self, name: str, draw: Callable[[IO[bytes]], None]) -> None: ...
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return metrics

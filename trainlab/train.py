@@ -281,7 +281,7 @@ def find_lr(
     )  # fmt: skip
     suggested, rule = curve.suggestion()
     title = f"{job.title}: lr range test ({len(curve.lrs)} steps)"
-    folder.write_picture(PROBE_PLOT_NAME, lambda path: plot(path, curve, suggested, title))
+    folder.write_picture(PROBE_PLOT_NAME, lambda file: plot(file, curve, suggested, title))
     kept = [
         o
         for o in setup.plan.overrides
