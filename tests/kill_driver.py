@@ -23,7 +23,7 @@ from trainlab.data.loader import InMemoryLoader
 
 
 def _patch_loader(after: int, number: int, times: int, only_rank: int | None) -> None:
-    original = InMemoryLoader.__iter__
+    original = InMemoryLoader.batch_rows  # every training batch is drawn there (fused ones too)
     count = {"batches": 0}
     mine = only_rank is None or int(os.environ.get("RANK", 0)) == only_rank
 
@@ -37,7 +37,7 @@ def _patch_loader(after: int, number: int, times: int, only_rank: int | None) ->
             count["batches"] += 1
             yield batch
 
-    InMemoryLoader.__iter__ = counting
+    InMemoryLoader.batch_rows = counting
 
 
 def _patch_checkpoint(kill_at: int, after_write: bool) -> None:

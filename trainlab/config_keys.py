@@ -13,9 +13,11 @@ from typing import Any
 GROUPS = ("dataset", "model", "loss", "optimizer", "schedule", "regularizer")
 
 # Keys that change where or how a run executes, never its numbers (not part of an experiment).
+# How a sweep's launcher runs its members: not what a member is (no HParams column).
+LAUNCHER_KEYS = ("fused", "members_per_gpu")
 RUNTIME_ONLY = (
     "dataset.root", "dataset.download", "resume", "checkpoint", "cpu_threads", "members_per_gpu",
-    "report",
+    "fused", "report",
 )  # fmt: skip
 
 # What Hydra reads as a plain value (a conservative subset: a sweep member's folder name holds

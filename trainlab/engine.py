@@ -173,9 +173,7 @@ class _Loop:
         self.epoch_start = 0.0
 
     def run(self) -> FitResult:
-        plan = TrainingPlan(self.settings.epochs, self.steps_per_epoch)
-        for callback in self.callbacks:
-            callback.on_fit_start(plan)
+        self.announce()
         while self._more_to_train():
             epoch = self.state.epochs_finished + 1
             self._train_epoch(epoch)
@@ -183,6 +181,11 @@ class _Loop:
                 break
             self._end_epoch(epoch)
         return self._result()
+
+    def announce(self) -> None:
+        plan = TrainingPlan(self.settings.epochs, self.steps_per_epoch)
+        for callback in self.callbacks:
+            callback.on_fit_start(plan)
 
     def _more_to_train(self) -> bool:
         state = self.state
@@ -203,15 +206,18 @@ class _Loop:
 
     def _train_epoch(self, epoch: int) -> None:
         """Steps until the epoch's batches run out, the loss diverges or a stop is requested."""
+        self._begin_epoch()
+        for inputs, targets in self.batches:
+            self._step(inputs, targets)
+            if self._stop_after_step(epoch):
+                return
+
+    def _begin_epoch(self) -> None:
         self.model.train()
         if self.state.epoch_steps == 0:  # a new epoch (not one resumed halfway)
             self.state.sums[:, EPOCH] = 0
             self.state.epoch_time = 0.0
         self.epoch_start = time.perf_counter() - self.state.epoch_time
-        for inputs, targets in self.batches:
-            self._step(inputs, targets)
-            if self._stop_after_step(epoch):
-                return
 
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         """One optimizer step; its loss and penalty are added to the sums on the device."""
@@ -224,6 +230,10 @@ class _Loop:
         self.state.sums[LOSS] += data_loss
         if penalty is not None:
             self.state.sums[PENALTY] += penalty
+        self._step_taken()
+
+    def _step_taken(self) -> None:
+        """Count the step (its numbers are in the sums) and let the lr schedule follow."""
         self.state.step += 1
         self.state.epoch_steps += 1
         self.state.interval_steps += 1
@@ -247,9 +257,7 @@ class _Loop:
     def _log_interval(self, epoch: int) -> bool:
         """Report the interval's mean loss and penalty (one read-back); True if it diverged."""
         state = self.state
-        clipped = self.settings.clip_grad_norm is not None  # then the norm before clipping
-        norm = self.grad_norm if clipped else gradient_norm(self.parameters)
-        values = torch.cat([state.sums[:, INTERVAL], norm.reshape(1)])
+        values = torch.cat([state.sums[:, INTERVAL], self._logged_grad_norm().reshape(1)])
         loss_total, penalty_total, grad_norm = self.reduce_mean(values).tolist()
         loss = loss_total / state.interval_steps
         penalty = penalty_total / state.interval_steps
@@ -263,6 +271,11 @@ class _Loop:
         state.status = "diverged"
         state.message = _diverged("training loss", loss, epoch, state.step, self._lr())
         return True
+
+    def _logged_grad_norm(self) -> torch.Tensor:
+        """The last step's gradient norm (before clipping, when clipping)."""
+        clipped = self.settings.clip_grad_norm is not None
+        return self.grad_norm if clipped else gradient_norm(self.parameters)
 
     # ---- the end of an epoch ----
 

@@ -55,6 +55,7 @@ class RunSettings:
     restore_best: bool
     checkpoint: dict
     members_per_gpu: int
+    fused: dict
     resume: str | None
     early_stopping: dict
     report: dict
@@ -77,6 +78,11 @@ def _checkpoint(enabled: bool, every_steps: int | None) -> None:
         every_steps is None or every_steps >= 1,
         f"checkpoint.every_steps must be >= 1 or null, got {every_steps}",
     )
+
+
+def _fused(max_members: int, checkpoint_seconds: float) -> None:
+    require(max_members >= 1, f"fused.max_members must be >= 1, got {max_members}")
+    non_negative("fused.checkpoint_seconds", checkpoint_seconds)
 
 
 def _report(metric: str | None, why: str | None) -> None:
@@ -108,6 +114,7 @@ def read_run_settings(config: Mapping[str, Any]) -> RunSettings:
     _early_stopping(**check_settings("early_stopping", settings.early_stopping, _early_stopping))
     _checkpoint(**check_settings("checkpoint", settings.checkpoint, _checkpoint))
     _report(**check_settings("report", settings.report, _report))
+    _fused(**check_settings("fused", settings.fused, _fused))
     read_probe_settings(**check_settings("lr_find", settings.lr_find, read_probe_settings))
     return settings
 

@@ -30,7 +30,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from trainlab.config_keys import GROUPS, override_key
+from trainlab.config_keys import GROUPS, LAUNCHER_KEYS, override_key
 from trainlab.data import DatasetSpec
 from trainlab.engine import Callback, FitResult
 from trainlab.files import atomic_write
@@ -49,7 +49,7 @@ def swept_values(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
     swept: dict[str, Any] = {}
     for override in overrides:
         key = override_key(override)
-        if key.startswith("hydra.") or "=" not in override:
+        if key.startswith("hydra.") or "=" not in override or key.split(".")[0] in LAUNCHER_KEYS:
             continue
         value = OmegaConf.select(config, key, default=None)
         if value is None:  # not a config key (+experiment=NAME selects a preset)

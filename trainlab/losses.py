@@ -79,17 +79,39 @@ def _masked_logits(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return torch.where(real, values, torch.finfo(values.dtype).min / 2)
 
 
-def _regression_loss(
-    spec: DatasetSpec, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-) -> LossFn:
-    """``loss`` (a mean over elements) with outputs and targets made two float tensors of the same
-    shape; on ranking a padded item's score is replaced by its target, so it adds zero error
-    and gets no gradient, and the mean is taken over real items."""
+def with_stacked(loss: LossFn, terms: LossFn, *, per_example: bool = False) -> LossFn:
+    """Give ``loss`` (a mean) a ``stacked(outputs, targets)``: the loss of each of several
+    models stacked along a leading dimension at once (sweep members trained together,
+    trainlab.fused_engine). ``terms`` is the loss unreduced, called with that dimension folded
+    into the batch; each model's loss is the mean of its terms, or (``per_example``) their sum
+    over its examples, as a ``batchmean`` takes it."""
+
+    def stacked(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        models, examples = outputs.shape[:2]
+        each = terms(outputs.flatten(0, 1), targets.flatten(0, 1)).reshape(models, -1)
+        return each.sum(1) / examples if per_example else each.mean(1)
+
+    loss.stacked = stacked  # type: ignore[attr-defined]
+    return loss
+
+
+def _regression_loss(spec: DatasetSpec, loss: Callable[..., torch.Tensor]) -> LossFn:
+    """``loss`` (a mean over elements; it takes ``reduction``) with outputs and targets made two
+    float tensors of the same shape; on ranking a padded item's score is replaced by its target,
+    so it adds zero error and gets no gradient, and the mean is taken over real items."""
     if spec.task == "classification":
         classes = spec.num_classes
-        return lambda outputs, labels: loss(outputs, F.one_hot(labels, classes).to(outputs.dtype))
+
+        def one_hot(outputs: torch.Tensor, labels: torch.Tensor, **reduced: str) -> torch.Tensor:
+            return loss(outputs, F.one_hot(labels, classes).to(outputs.dtype), **reduced)
+
+        return with_stacked(one_hot, lambda o, t: one_hot(o, t, reduction="none"))
     if spec.task == "regression":
-        return lambda outputs, targets: loss(outputs, targets.to(outputs.dtype))
+
+        def as_floats(outputs: torch.Tensor, targets: torch.Tensor, **reduced: str) -> torch.Tensor:
+            return loss(outputs, targets.to(outputs.dtype), **reduced)
+
+        return with_stacked(as_floats, lambda o, t: as_floats(o, t, reduction="none"))
 
     def over_real_items(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
         real, targets = _real(grades), grades.to(scores.dtype)
@@ -111,7 +133,8 @@ def huber(spec: DatasetSpec, delta: float) -> LossFn:
     """Quadratic for |error| <= delta, linear beyond: 0.5 e^2 or delta (|e| - 0.5 delta)."""
     positive("loss.delta", delta)
     return _regression_loss(
-        spec, lambda outputs, targets: F.huber_loss(outputs, targets, delta=delta)
+        spec,
+        lambda outputs, targets, **reduced: F.huber_loss(outputs, targets, delta=delta, **reduced),
     )
 
 
@@ -119,14 +142,21 @@ def smooth_l1(spec: DatasetSpec, beta: float) -> LossFn:
     """Huber divided by beta: 0.5 e^2 / beta for |e| < beta, |e| - 0.5 beta beyond (beta=0: MAE)."""
     non_negative("loss.beta", beta)
     return _regression_loss(
-        spec, lambda outputs, targets: F.smooth_l1_loss(outputs, targets, beta=beta)
+        spec,
+        lambda outputs, targets, **reduced: F.smooth_l1_loss(
+            outputs, targets, beta=beta, **reduced
+        ),
     )
 
 
 def cross_entropy(spec: DatasetSpec, label_smoothing: float) -> LossFn:
     """Softmax cross-entropy on logits; label smoothing mixes the target with the uniform one."""
     fraction("loss.label_smoothing", label_smoothing)
-    return lambda logits, labels: F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor, **reduced: str) -> torch.Tensor:
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, **reduced)
+
+    return with_stacked(loss, lambda o, t: loss(o, t, reduction="none"))
 
 
 def log_loss(spec: DatasetSpec) -> LossFn:
@@ -148,21 +178,31 @@ def log_loss(spec: DatasetSpec) -> LossFn:
         over_real_items.terms = _real_items  # type: ignore[attr-defined]
         return over_real_items
     classes = spec.num_classes
-    return lambda logits, labels: F.binary_cross_entropy_with_logits(
-        logits, F.one_hot(labels, classes).to(logits.dtype)
-    )
+
+    def one_vs_rest(logits: torch.Tensor, labels: torch.Tensor, **reduced: str) -> torch.Tensor:
+        targets = F.one_hot(labels, classes).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, targets, **reduced)
+
+    return with_stacked(one_vs_rest, lambda o, t: one_vs_rest(o, t, reduction="none"))
 
 
 def hinge(spec: DatasetSpec, margin: float) -> LossFn:
     """Multi-class margin loss: sum over wrong classes j of max(0, margin - s_y + s_j) / classes."""
     positive("loss.margin", margin)
-    return lambda logits, labels: F.multi_margin_loss(logits, labels, p=1, margin=margin)
+    return _margin_loss(1, margin)
+
+
+def _margin_loss(power: int, margin: float) -> LossFn:
+    def loss(logits: torch.Tensor, labels: torch.Tensor, **reduced: str) -> torch.Tensor:
+        return F.multi_margin_loss(logits, labels, p=power, margin=margin, **reduced)
+
+    return with_stacked(loss, lambda o, t: loss(o, t, reduction="none"))
 
 
 def squared_hinge(spec: DatasetSpec, margin: float) -> LossFn:
     """The multi-class margin loss with squared violations (smooth, punishes big violations more)."""
     positive("loss.margin", margin)
-    return lambda logits, labels: F.multi_margin_loss(logits, labels, p=2, margin=margin)
+    return _margin_loss(2, margin)
 
 
 def kl_div(spec: DatasetSpec, smoothing: float) -> LossFn:
@@ -192,11 +232,13 @@ def kl_div(spec: DatasetSpec, smoothing: float) -> LossFn:
         return over_real_lists
     classes = spec.num_classes
 
-    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(
+        logits: torch.Tensor, labels: torch.Tensor, reduction: str = "batchmean"
+    ) -> torch.Tensor:
         target = F.one_hot(labels, classes).to(logits.dtype) * (1 - smoothing) + smoothing / classes
-        return F.kl_div(F.log_softmax(logits, dim=-1), target, reduction="batchmean")
+        return F.kl_div(F.log_softmax(logits, dim=-1), target, reduction=reduction)
 
-    return loss
+    return with_stacked(loss, lambda o, t: loss(o, t, reduction="none"), per_example=True)
 
 
 def pairwise(

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from trainlab import resolvers  # noqa: F401  (conf/ names them; registered on import)
 from trainlab.config_keys import override_key
 from trainlab.errors import UserError, first_line
+from trainlab.fused_groups import Grouping, group_members, is_fused
 from trainlab.hydra_internals import BASIC_SWEEPER, expand_basic_sweep, parse_command_line
 from trainlab.settings import did_you_mean
 
@@ -114,7 +115,7 @@ def _check_composed(
         if busy is not None:
             return busy
         members = sweep_members(config, overrides)
-        return None if members is None else check_sweep(members, compose_overrides)
+        return None if members is None else check_sweep(members, compose_overrides, config)
     if config.get("resume") is not None:
         return None  # the run's own config is checked as it resumes
     from trainlab.experiment import build_experiment  # (imports torch, as the run will)
@@ -347,11 +348,14 @@ def sweep_members(config: DictConfig, overrides: list[str]) -> list[list[str]] |
     ]
 
 
-def check_sweep(members: Sequence[list[str]], compose: Compose) -> str | None:
-    """Check every member before any runs: print the plan, or the invalid members and a line."""
+def check_sweep(
+    members: Sequence[list[str]], compose: Compose, config: DictConfig | None = None
+) -> str | None:
+    """Check every member before any runs: print the plan, or the invalid members and a line.
+    (``config``: the sweep's own, whose launcher may say how members train together.)"""
     if not members:
         return "the sweep has no members (an empty range or list?); give each swept key a value"
-    actions, problems = check_members(members, compose)
+    checked, problems = check_members(members, compose)
     if problems:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
@@ -359,13 +363,25 @@ def check_sweep(members: Sequence[list[str]], compose: Compose) -> str | None:
             f"{len(problems)} of {len(members)} sweep members are invalid (listed above); "
             "nothing was run. Fix them and run the sweep again"
         )
-    print(f"trainlab: {describe_actions(actions)}", flush=True)
+    line = describe_actions(Counter(action for action, _ in checked))
+    if config is not None and is_fused(config.hydra.launcher):
+        line += f"; hydra/launcher=fused: {_grouping(checked, config).describe()}"
+    print(f"trainlab: {line}", flush=True)
     return None
 
 
-def check_members(members: Sequence[list[str]], compose: Compose) -> tuple[Counter, list[str]]:
-    """Compose and check every member; return what each will do and the invalid ones."""
-    actions: Counter = Counter()
+def _grouping(checked: list[tuple[str, DictConfig]], config: DictConfig) -> Grouping:
+    done = [index for index, (action, _) in enumerate(checked) if action == "done"]
+    tasks = [OmegaConf.to_container(task, resolve=True) for _, task in checked]
+    return group_members(tasks, int(config.fused.max_members), done)
+
+
+def check_members(
+    members: Sequence[list[str]], compose: Compose
+) -> tuple[list[tuple[str, DictConfig]], list[str]]:
+    """Compose and check every member; return what each valid one will do (with its task
+    config) and the invalid ones."""
+    checked: list[tuple[str, DictConfig]] = []
     problems: list[str] = []
     folders: dict[Path, str] = {}
     for index, overrides in enumerate(members):
@@ -376,18 +392,19 @@ def check_members(members: Sequence[list[str]], compose: Compose) -> tuple[Count
             problems.append(f"{name}: {explain(error, list(overrides), compose)}")
             continue
         try:
-            actions[_check_member(member, index, overrides, folders, name)] += 1
+            checked.append(_check_member(member, index, overrides, folders, name))
         except UserError as error:
             problems.append(f"{name}: {error}")
         except Exception as error:  # an OmegaConf or torch error the checks did not foresee
             problems.append(f"{name}: {type(error).__name__}: {first_line(error)}")
-    return actions, problems
+    return checked, problems
 
 
 def _check_member(
     member: DictConfig, index: int, overrides: list[str], folders: dict[Path, str], name: str
-) -> str:
-    """What one member will do in its folder; a UserError when it cannot run."""
+) -> tuple[str, DictConfig]:
+    """What one member will do in its folder, and its task config; a UserError when it
+    cannot run."""
     from trainlab.experiment import build_experiment, check_data_parallel
     from trainlab.run_folder import preview
 
@@ -405,7 +422,7 @@ def _check_member(
     world = member_processes(member.hydra.launcher)
     if world > 1:
         check_data_parallel(task, world)
-    return preview(task, run_dir, list(overrides))
+    return preview(task, run_dir, list(overrides)), task
 
 
 def member_processes(launcher: DictConfig) -> int:

@@ -6,6 +6,7 @@ from a checkout with uncommitted changes), so any number can be traced to exactl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -50,6 +51,7 @@ def _git(*args: str, cwd: Path) -> str | None:
     return result.stdout
 
 
+@functools.cache  # once per process: the code that runs is the code this process imported
 def code_version(source: Path) -> dict[str, Any]:
     """trainlab's git commit and whether the checkout has uncommitted changes (with the diff)."""
     commit = _git("rev-parse", "HEAD", cwd=source)
@@ -89,6 +91,7 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+@functools.cache  # once per process, as the code
 def versions() -> dict[str, str | None]:
     found: dict[str, str | None] = {"python": sys.version.split()[0]}
     for package in PACKAGES:
@@ -102,13 +105,13 @@ def versions() -> dict[str, str | None]:
 def describe(config: DictConfig, command: list[str], started_at: str) -> tuple[dict[str, Any], str]:
     """What produced a new run (provenance.json's content), and the diff of a dirty checkout."""
     source = Path(trainlab.__file__).resolve().parent.parent
-    code = code_version(source)
+    code = dict(code_version(source))  # (a copy: the cached one stays whole)
     diff = code.pop("diff")
     provenance = {
         "command": command,
         "config_hash": config_hash(config),
         "code": {"version": trainlab.__version__, "source": str(source), **code},
-        "versions": versions(),
+        "versions": dict(versions()),
         "hardware": hardware(),
         "host": socket.gethostname(),
         "started_at": started_at,
@@ -126,7 +129,7 @@ def with_resume(
 ) -> dict[str, Any]:
     """``provenance`` with one more resume (its command, host, code and step) recorded."""
     source = Path(trainlab.__file__).resolve().parent.parent
-    code = code_version(source)
+    code = dict(code_version(source))  # (a copy: the cached one stays whole)
     code.pop("diff")
     resume = {
         "command": command,

@@ -71,3 +71,13 @@ def build_regularizer(config: Mapping[str, Any], model: nn.Module) -> Penalty | 
     """The configured penalty over ``model``'s weights, or None for no penalty."""
     _, build, settings = choose("regularizer", config, REGULARIZERS, supplied=("model",))
     return build(model, **settings)
+
+
+def penalty_terms(config: Mapping[str, Any]) -> tuple[float, float, bool]:
+    """The configured penalty as numbers for stacked sweep members (trainlab.fused_engine):
+    strength, l1_ratio and include_bias in the conventions above; no penalty is strength 0."""
+    name = config["name"]
+    if name == "none":
+        return 0.0, 0.0, False
+    l1_ratio = {"l1": 1.0, "l2": 0.0}.get(name, config.get("l1_ratio", 0.0))
+    return float(config["strength"]), float(l1_ratio), bool(config["include_bias"])

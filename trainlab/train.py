@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,12 +100,15 @@ class Setup:
         return self.experiment.device
 
 
-def set_up(plan: Plan, job: Job, team: Team) -> Setup:
+def set_up(
+    plan: Plan, job: Job, team: Team, load: Callable[[Experiment], Dataset] | None = None
+) -> Setup:
     """Build every part, read the checkpoint a resume continues from, load the data onto the
-    device; writes nothing, so any failure leaves the folder as it was."""
+    device (``load``: how; sweep members trained together share one copy); writes nothing, so
+    any failure leaves the folder as it was."""
     experiment = build_experiment(OmegaConf.create(plan.config), team.processes.world)
     saved = read_checkpoint(plan, experiment, job, team) if plan.resuming else None
-    data = load_dataset(experiment.config.dataset)
+    data = (load or load_data)(experiment)
     training = experiment.training
     if data.spec != experiment.spec:  # the files hold other sizes than the config said
         if team.parallel:
@@ -112,14 +116,19 @@ def set_up(plan: Plan, job: Job, team: Team) -> Setup:
                 experiment.settings, experiment.optimizer_choice, data.spec, team.processes.world
             )
         training = experiment.plan_training(data.spec)
-    if experiment.channels_last and hasattr(data.prepare, "channels_last"):
-        data.prepare.channels_last = True
-    data = data.to(experiment.device)
     loader = InMemoryLoader(
         data.train, training.batch_size, shuffle=True, seed=experiment.settings.seed,
         prepare=data.prepare, rank=team.processes.rank, world=team.processes.world,
     )  # fmt: skip
     return Setup(experiment, data, training, loader, saved, plan)
+
+
+def load_data(experiment: Experiment) -> Dataset:
+    """The experiment's dataset, on its device (image batches in its memory format)."""
+    data = load_dataset(experiment.config.dataset)
+    if experiment.channels_last and hasattr(data.prepare, "channels_last"):
+        data.prepare.channels_last = True
+    return data.to(experiment.device)
 
 
 def read_checkpoint(plan: Plan, experiment: Experiment, job: Job, team: Team) -> dict[str, Any]:
@@ -224,18 +233,20 @@ def train(
     loggers: Loggers, job: Job, team: Team,
 ) -> FitResult:  # fmt: skip
     """The engine's fit, with checkpoints into the run folder and stops agreed by all processes."""
-    settings, training = setup.settings, setup.training
-    early, resolved = settings.early_stopping, setup.resolved
+    training = setup.training
+    return fit(
+        model, setup.experiment.loss_fn, training.optimizer, training.schedule, training.penalty,
+        setup.loader, len(setup.loader), lambda: evaluate_split(setup, model, "val", team),
+        fit_settings(setup), loggers.callbacks, state=state,
+        save_checkpoint=checkpoint_saver(setup, folder, loggers, team),
+        stop_requested=team.any(job.stop_requested), reduce_mean=team.mean(),
+    )  # fmt: skip
 
-    def save(fit_state: FitState) -> None:
-        parts = checkpoint_parts(
-            resolved, setup.experiment.model, training.optimizer, training.schedule,
-            setup.loader, fit_state, team.processes,
-        )  # fmt: skip
-        loggers.tensorboard.flush()  # events up to the checkpoint are on disk before it is
-        folder.save_checkpoint(parts)
 
-    fit_settings = FitSettings(
+def fit_settings(setup: Setup) -> FitSettings:
+    """What the engine's loop needs to know of the run's settings."""
+    settings, early = setup.settings, setup.settings.early_stopping
+    return FitSettings(
         epochs=settings.epochs,
         log_every_steps=settings.log_every_steps,
         eval_every_epochs=settings.eval_every_epochs,
@@ -248,13 +259,25 @@ def train(
         accumulate_steps=settings.accumulate_steps,
         checkpoint_every_steps=settings.checkpoint["every_steps"],
     )
-    return fit(
-        model, setup.experiment.loss_fn, training.optimizer, training.schedule, training.penalty,
-        setup.loader, len(setup.loader), lambda: evaluate_split(setup, model, "val", team),
-        fit_settings, loggers.callbacks, state=state,
-        save_checkpoint=save if settings.checkpoint["enabled"] else None,
-        stop_requested=team.any(job.stop_requested), reduce_mean=team.mean(),
-    )  # fmt: skip
+
+
+def checkpoint_saver(
+    setup: Setup, folder: Any, loggers: Loggers, team: Team
+) -> Callable[[FitState], None] | None:
+    """What writes the run's checkpoint (None: checkpoints are off)."""
+    if not setup.settings.checkpoint["enabled"]:
+        return None
+    training, resolved = setup.training, setup.resolved
+
+    def save(fit_state: FitState) -> None:
+        parts = checkpoint_parts(
+            resolved, setup.experiment.model, training.optimizer, training.schedule,
+            setup.loader, fit_state, team.processes,
+        )  # fmt: skip
+        loggers.tensorboard.flush()  # events up to the checkpoint are on disk before it is
+        folder.save_checkpoint(parts)
+
+    return save
 
 
 def evaluate_split(setup: Setup, model: torch.nn.Module, name: str, team: Team) -> dict[str, float]:

@@ -83,23 +83,35 @@ class InMemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         inputs, targets = self.split.inputs, self.split.targets
+        for rows in self.batch_rows():
+            batch_inputs, batch_targets = inputs[rows], targets[rows]
+            if self.prepare is not None:  # training batches: augmented with the loader's generator
+                batch_inputs = self.prepare(batch_inputs, self.augment_generator)
+            yield batch_inputs, batch_targets
+
+    def batch_rows(self) -> Iterator[torch.Tensor | slice]:
+        """The rows of each batch this process takes in the epoch (from where it stands): a
+        tensor of indices when shuffled, a slice when not. Sweep members trained together draw
+        their batches' rows here and gather them all at once."""
         start = self.position * self.batch_size
         if start >= len(self.split):  # resumed after the epoch's last batch
             self.position = 0
             return
         if self.shuffle:
-            order = self._order()[start:]
-            mine = (self._slice(i) for i in order.split(self.batch_size))
-            batches = ((inputs[i], targets[i]) for i in mine)
+            batches = (self._slice(i) for i in self._order()[start:].split(self.batch_size))
         else:
-            batches = zip(
-                map(self._slice, inputs[start:].split(self.batch_size)),
-                map(self._slice, targets[start:].split(self.batch_size)),
-                strict=True,
-            )
-        for batch_inputs, batch_targets in batches:
-            if self.prepare is not None:  # training batches: augmented with the loader's generator
-                batch_inputs = self.prepare(batch_inputs, self.augment_generator)
+            ends = range(start, len(self.split), self.batch_size)
+            batches = (self._rows(first, self.batch_size) for first in ends)
+        for rows in batches:
             self.position += 1  # before yielding: a checkpoint taken now counts this batch
-            yield batch_inputs, batch_targets
+            yield rows
         self.position = 0
+
+    def _rows(self, first: int, size: int) -> slice:
+        """This process's part of the unshuffled global batch starting at ``first``."""
+        stop = min(first + size, len(self.split))
+        if self.world == 1:
+            return slice(first, stop)
+        share, extra = divmod(stop - first, self.world)  # as tensor_split cuts a batch
+        begin = first + self.rank * share + min(self.rank, extra)
+        return slice(begin, begin + share + (1 if self.rank < extra else 0))
