@@ -237,3 +237,66 @@ def _assert_resumed(sweep: Path, reference: Path, times: dict[str, int]) -> None
         ours = member_metrics(sweep)[name]
         assert ours["resumes"] == times.get(name, 2), name
         assert_same_numbers({**ours, "resumes": 0}, theirs, name)
+
+
+def test_a_member_that_cannot_start_fails_alone_and_the_group_goes_on(tmp_path):
+    from trainlab.errors import UserError
+
+    configs = [compose_config(*SMALL, f"optimizer.lr={lr}") for lr in (0.01, -1.0, 0.02)]
+    outcomes = fused_runs(configs, [tmp_path / f"m{i}" for i in range(3)])
+    assert isinstance(outcomes[1], UserError)
+    assert "optimizer.lr" in str(outcomes[1])
+    recorded = member_metrics(tmp_path / "m1")["m1"]  # as a sweep member that failed to start
+    assert recorded["status"] == "failed" and "optimizer.lr" in recorded["error"]
+    assert sorted(p.name for p in (tmp_path / "m1").iterdir()) == ["metrics.json"]
+    assert [outcomes[0]["status"], outcomes[2]["status"]] == ["completed", "completed"]
+
+
+def test_a_failure_in_the_shared_fit_ends_every_member_resumably(tmp_path, monkeypatch):
+    """An error inside the group's step (a bug, or the user's code) fails each member as a run
+    that failed: its metrics.json says so, and its checkpoint lets the same sweep resume it."""
+    from trainlab.fused_engine import StackedModels
+
+    step, calls = StackedModels.step, []
+
+    def failing(self, *args):
+        calls.append(1)
+        if len(calls) == 8:  # in epoch 2: every member has its epoch-1 checkpoint
+            raise RuntimeError("a bug in the middle of a step")
+        return step(self, *args)
+
+    monkeypatch.setattr(StackedModels, "step", failing)
+    configs = [compose_config(*SMALL, f"optimizer.lr={lr}", "fused.checkpoint_seconds=0")
+               for lr in (0.01, 0.02)]  # fmt: skip
+    outcomes = fused_runs(configs, [tmp_path / f"m{i}" for i in range(2)])
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    for index in range(2):
+        metrics = member_metrics(tmp_path / f"m{index}")[f"m{index}"]
+        assert metrics["status"] == "failed" and metrics["resumable"] is True
+        assert "a bug in the middle of a step" in metrics["error"]
+
+
+def test_members_group_by_what_shapes_a_step_and_the_rest_run_alone():
+    def plain(*overrides: str) -> dict:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(compose_config(*overrides), resolve=True)
+
+    configs = [
+        plain("optimizer.lr=0.1"), plain("optimizer=adamw", "seed=3", "loss=hinge"),
+        plain("optimizer=sgd"), plain("optimizer=nesterov", "schedule=cosine", "epochs=5"),
+        plain("dataset.features=4"),  # other data: its own group (of one: alone)
+        plain("optimizer=lbfgs"), plain("optimizer=rmsprop"), plain("model.dropout=0.1"),
+        plain("mode=lr_find"), plain("accumulate_steps=2"), plain("optimizer.lr=0.2"),
+    ]  # fmt: skip
+    grouping = group_members(configs, max_members=32, skipped=[10])
+    assert grouping.groups == [[0, 1], [2, 3]]
+    assert grouping.alone == {
+        4: "nothing to group with", 5: "optimizer=lbfgs", 6: "optimizer=rmsprop",
+        7: "dropout", 8: "mode=lr_find",
+        9: "accumulate_steps > 1",
+    }  # fmt: skip
+    assert grouping.describe().startswith("10 members: 2 groups of 2, 6 alone: optimizer=lbfgs, ")
+    chunked = group_members([configs[0]] * 5, max_members=2)
+    assert chunked.groups == [[0, 1], [2, 3]] and chunked.alone == {4: "nothing to group with"}
+    assert chunked.describe() == "5 members: 2 groups of 2, 1 alone: nothing to group with"

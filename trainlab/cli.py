@@ -153,7 +153,8 @@ def _sweep_plugins() -> str:
     sweepers = ", ".join(f"{name}*" for name in PLUGIN_OPTIONS["hydra/sweeper"])
     installed = find_spec("hydra_plugins.hydra_joblib_launcher") is not None
     return (
-        f"With -m: hydra/launcher=basic (one member after another), {launchers}\n"
+        "With -m: hydra/launcher=basic (one member after another), fused (members that share a "
+        f"model and data trained together), {launchers}\n"
         f"         hydra/sweeper=basic (every combination), {sweepers}\n"
         "* needs the sweep extra: pip install -e '.[sweep]' "
         f"({'installed here' if installed else 'not installed here'})"

@@ -1,5 +1,6 @@
-"""Training a group of sweep members together: their weights stacked along a leading dimension,
-one ``torch.func.vmap``'d forward and one backward for all, one stacked optimizer step.
+"""Training a group of sweep members together: their weights stacked, one row per member; one
+batched forward and backward for all (``mlp`` and ``linear`` as batched matrix products, any
+other model through ``torch.func.vmap``); one stacked optimizer step (trainlab.fused_optim).
 
 Each member keeps its own engine loop (trainlab.engine's ``_Loop``: its counters, logging,
 validation, early stopping, divergence, best weights and checkpoints), its own data order,
@@ -120,9 +121,6 @@ class StackedModels:
         self.clip = (
             torch.tensor(clips, device=device) if any(c is not None for c in self.clips) else None
         )
-
-    def __len__(self) -> int:
-        return len(self.loss_keys)
 
     def step(
         self, inputs: Tensor, targets: Tensor, shared: bool, want_norms: bool

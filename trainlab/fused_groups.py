@@ -39,7 +39,7 @@ def why_alone(config: Mapping[str, Any]) -> str | None:
         (bool(config["compile"]), "compile=true"),
         ("_target_" in model, f"model={model['name']} (your own code)"),
         ("_target_" in loss, f"loss={loss['name']} (your own code)"),
-        (bool(model.get("dropout")), "dropout (its random draws are each member's own)"),
+        (bool(model.get("dropout")), "dropout"),  # its random draws are each member's own
         (bool(model.get("batch_norm")) or model["name"] == "resnet", "batch norm"),
     ]
     return next((reason for wrong, reason in reasons if wrong), None)
@@ -79,8 +79,10 @@ class Grouping:
             reasons: dict[str, int] = {}
             for reason in self.alone.values():
                 reasons[reason] = reasons.get(reason, 0) + 1
-            said = "; ".join(f"{n} for {reason}" for reason, n in reasons.items())
-            text += f", {len(self.alone)} alone ({said})"
+            said = [
+                reason if n == 1 else f"{reason} ({n} members)" for reason, n in reasons.items()
+            ]
+            text += f", {len(self.alone)} alone: {', '.join(said)}"
         return text
 
 

@@ -103,18 +103,17 @@ def _run_group(launcher: Any, configs: dict[int, DictConfig]) -> dict[int, JobRe
         for config in configs.values():
             HydraConfig.instance().set_config(config)
             members.append(Member(_task(config), cli._job(Processes(), stop)))
-        try:
-            run_group(members, log_to)
-        except BaseException as error:  # the shared fit failed: every member of it has ended
-            cli._ended_early(error, members[0].job)
+        run_group(members, log_to)
         for (index, config), member in zip(configs.items(), members, strict=True):
-            returns[index] = _job_return(launcher, config, member, stop)
+            with log_to(member):
+                returns[index] = _job_return(launcher, config, member)
     _say_interrupted(members, stop)
     return returns
 
 
-def _job_return(launcher: Any, config: DictConfig, member: Any, stop: Any) -> JobReturn:
-    """What Hydra's run_job would return for the member; its callbacks are told it ended."""
+def _job_return(launcher: Any, config: DictConfig, member: Any) -> JobReturn:
+    """What Hydra's run_job would return for the member (one that failed says so as a run
+    does: its line, and the sweep goes on); its callbacks are told it ended."""
     from trainlab import cli
 
     ret = JobReturn()
@@ -123,13 +122,9 @@ def _job_return(launcher: Any, config: DictConfig, member: Any, stop: Any) -> Jo
     ret.working_dir = os.getcwd()
     outcome = member.outcome
     if isinstance(outcome, BaseException):
-        with contextlib.suppress(Exception):
-            cli._ended_early(outcome, member.job)
-        ret.return_value = None
-    else:
-        ret.return_value = (
-            cli.objective(outcome) if outcome.get("status") != "interrupted" else None
-        )
+        ret.return_value = cli._ended_early(outcome, member.job)  # or the exit it decides
+    elif outcome.get("status") != "interrupted":
+        ret.return_value = cli.objective(outcome)
     ret.status = JobStatus.COMPLETED
     launcher.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
     return ret

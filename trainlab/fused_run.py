@@ -58,7 +58,8 @@ class Member:
 
 
 def run_group(members: Sequence[Member], log_to: Any = None) -> None:
-    """Run every member; each one's ``outcome`` is its metrics.json or the error that ended it."""
+    """Run every member; each one's ``outcome`` is its metrics.json or the error that ended it
+    (``log_to(member)``: a context in which log records are that member's)."""
     team, clock = Team(Processes()), time.perf_counter()
     log_to, data = log_to or _no_routing, _SharedData()
     for member in members:  # 1-5. each as a run of its own (one copy of the data for all)
@@ -73,7 +74,7 @@ def run_group(members: Sequence[Member], log_to: Any = None) -> None:
         for member in ready:
             with log_to(member):
                 _end(member, error)
-        raise
+        return
     for member in ready:  # 7-8. each one's results and outcome
         with log_to(member):
             _finish(member, team, clock)
@@ -183,5 +184,3 @@ def _finish(member: Member, team: Team, clock: float) -> None:
         member.outcome = metrics
     except BaseException as error:
         _end(member, error)
-        if not isinstance(error, Exception):
-            raise

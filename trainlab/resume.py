@@ -26,6 +26,8 @@ CHANGEABLE_ON_RESUME = (
     "epochs",
     "cpu_threads",
     "checkpoint.every_steps",
+    "fused.max_members",
+    "fused.checkpoint_seconds",
     "report.metric",
     "report.why",
 )
