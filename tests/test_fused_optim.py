@@ -1,6 +1,6 @@
 """Stacked optimizer steps (trainlab/fused_optim.py) give every member the numbers torch's own
-optimizer gives it alone, whatever its knobs and schedule; a member that leaves the stack, and
-the state written back into its own optimizer, are torch's too."""
+optimizer gives it alone, bit for bit, whatever its knobs and schedule; a member that leaves
+the stack, and the state written back into its own optimizer, are torch's too."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def _together(make, knobs, start, grads, steps, resume_at=None):
 def _compare(alone, together) -> None:
     for member, (expected, got) in enumerate(zip(alone, together, strict=True)):
         for one, other in zip(expected, got, strict=True):
-            torch.testing.assert_close(other, one, rtol=1e-5, atol=1e-6, msg=f"member {member}")
+            torch.testing.assert_close(other, one, rtol=0, atol=0, msg=f"member {member}")
 
 
 def _compare_state(alone_optimizers, together_optimizers) -> None:
@@ -96,7 +96,7 @@ def _compare_state(alone_optimizers, together_optimizers) -> None:
                 if value is None:
                     assert theirs[index][name] is None
                 else:
-                    torch.testing.assert_close(theirs[index][name], value, rtol=1e-5, atol=1e-6)
+                    torch.testing.assert_close(theirs[index][name], value, rtol=0, atol=0)
 
 
 SGD = torch.optim.SGD

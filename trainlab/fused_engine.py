@@ -224,25 +224,43 @@ def layered_forward(model: nn.Module) -> Forward | None:
     def forward(params: list[Tensor], inputs: Tensor, shared: bool) -> Tensor:
         """``params`` stacked ``(members, ...)``; ``inputs`` ``(members, batch, ...)``, or
         ``(batch, ...)`` when ``shared``; the outputs ``(members, batch, outputs)``."""
+        members = len(params[0])
         hidden, taken = inputs.flatten(1 if shared else 2), iter(params)
+        if shared:  # the one batch every member sees (a view, not copies)
+            hidden = hidden.expand(members, *hidden.shape)
         for layer in layers[1:]:
-            if not isinstance(layer, nn.Linear):
-                hidden = layer(hidden)
-                continue
-            weight = next(taken).transpose(1, 2)
-            bias = next(taken).unsqueeze(1) if layer.bias is not None else None
-            if hidden.dim() == 2:  # the shared batch meets every member's weights
-                hidden = torch.matmul(hidden, weight)
-                hidden = hidden if bias is None else hidden + bias
-            else:
-                hidden = (
-                    torch.bmm(hidden, weight)
-                    if bias is None
-                    else torch.baddbmm(bias, hidden, weight)
+            if isinstance(layer, nn.Linear):
+                weight = next(taken)
+                hidden = StackedLinear.apply(
+                    hidden, weight, next(taken) if layer.bias is not None else None
                 )
+            else:
+                hidden = layer(hidden)
         return hidden
 
     return forward
+
+
+class StackedLinear(torch.autograd.Function):
+    """Every member's ``nn.Linear`` at once, computed as torch computes one member's alone:
+    the forward as ``addmm`` does, and the backward in the orientation of linear's own
+    (``grad.T @ input`` for the weight), which autograd's batched version transposes; so the
+    members' gradients equal their solo runs' bit for bit (tests/test_fused.py)."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(hidden, weight)
+        ctx.with_bias = bias is not None
+        if bias is None:
+            return torch.bmm(hidden, weight.transpose(1, 2))
+        return torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        hidden, weight = ctx.saved_tensors
+        grad_hidden = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.bmm(grad.transpose(1, 2), hidden)
+        return grad_hidden, grad_weight, grad.sum(1) if ctx.with_bias else None
 
 
 class GroupFit:

@@ -139,10 +139,11 @@ class StackedSGD(StackedOptimizer):
     @torch.no_grad()
     def step(self, grad: Tensor) -> None:
         knobs = self._knobs()
-        update = grad if knobs["decay"] is None else grad + self.flat * knobs["decay"]
+        # torch's x.add(y, alpha=a) is what addcmul(x, y, a) computes, rounding included
+        update = grad if knobs["decay"] is None else grad.addcmul(self.flat, knobs["decay"])
         if knobs["momentum"] is not None:
             update = self._with_momentum(update, knobs)
-        self.flat.add_(update * knobs["step"])
+        self.flat.addcmul_(update, knobs["step"])
 
     def _with_momentum(self, update: Tensor, knobs: dict[str, Any]) -> Tensor:
         buffer = self.state["momentum_buffer"]
@@ -150,8 +151,8 @@ class StackedSGD(StackedOptimizer):
             buffer.copy_(update)
             self.started = True
         else:
-            buffer.mul_(knobs["momentum"]).add_(update * knobs["damped"])
-        ahead = update + buffer * knobs["momentum"]
+            buffer.mul_(knobs["momentum"]).addcmul_(update, knobs["damped"])
+        ahead = update.addcmul(buffer, knobs["momentum"])
         chosen = ahead * knobs["ahead"] + buffer * knobs["buffer"]
         return chosen + update * knobs["plain"]
 
@@ -219,15 +220,17 @@ class StackedAdam(StackedOptimizer):
         step_size = [lr / (1 - beta1**step) for lr, beta1, _, step in steps]
         root = [(1 - beta2**step) ** 0.5 for _, _, beta2, step in steps]
         if knobs["coupled"] is not None:  # Adam: the decay joins the gradient
-            grad = grad + flat * knobs["coupled"]
+            grad = grad.addcmul(flat, knobs["coupled"])
         if knobs["shrink"] is not None:  # AdamW: the weights shrink first
             flat.mul_(knobs["shrink"])
         exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
+        # torch's operations in its order (addcmul: value x t1 x t2; addcdiv: value x t1 / t2),
+        # with each per-member scalar folded into the first operand
         exp_avg.lerp_(grad, knobs["average"])
-        exp_avg_sq.mul_(knobs["keep_square"]).addcmul_(grad, grad * knobs["square"])
+        exp_avg_sq.mul_(knobs["keep_square"]).addcmul_(knobs["square"] * grad, grad)
         denominator = self._second_moment(knobs["amsgrad"]).sqrt()
         denominator.div_(_column(root, flat)).add_(knobs["eps"])
-        flat.sub_(exp_avg / denominator * _column(step_size, flat))
+        flat.addcdiv_(_column([-size for size in step_size], flat) * exp_avg, denominator)
 
     def _second_moment(self, amsgrad: Tensor | bool | None) -> Tensor:
         """What each member divides by: AMSGrad's running maximum, or its own."""

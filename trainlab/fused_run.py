@@ -65,19 +65,19 @@ def run_group(members: Sequence[Member], log_to: Any = None) -> None:
     for member in members:  # 1-5. each as a run of its own (one copy of the data for all)
         with log_to(member):
             _prepare(member, team, data)
-    ready = [m for m in members if m.outcome is None]
-    try:
-        for part in _by_start(ready):  # 6. trained together (members resumed alike)
-            for member, result in zip(part, _train_together(part, team), strict=True):
-                member.outcome = result
-    except BaseException as error:  # a failure of the shared fit ends every member it held
-        for member in ready:
+    parts = _by_start([m for m in members if m.outcome is None])
+    for number, part in enumerate(parts):
+        try:
+            fitted = _train_together(part, team)  # 6. trained together (members resumed alike)
+        except BaseException as error:  # a failure of the shared fit ends the members left
+            for member in (member for later in parts[number:] for member in later):
+                with log_to(member):
+                    _end(member, error)
+            return
+        for member, result in zip(part, fitted, strict=True):  # 7-8. each one's outcome
+            member.outcome = result
             with log_to(member):
-                _end(member, error)
-        return
-    for member in ready:  # 7-8. each one's results and outcome
-        with log_to(member):
-            _finish(member, team, clock)
+                _finish(member, team, clock)
 
 
 @contextlib.contextmanager
