@@ -86,6 +86,12 @@ GROUPS = {
         ("dataset.task=ranking", "dataset.list_size=12", "loss=pairwise", "optimizer.lr=0.003"),
         ("dataset.task=ranking", "dataset.list_size=12", "loss=pointwise", "optimizer.lr=0.01"),
     ],
+    "ten classes, a short last batch": [
+        ("dataset.classes=10", "dataset.train_size=300", "optimizer.lr=0.01"),
+        ("dataset.classes=10", "dataset.train_size=300", "optimizer.lr=0.003", "loss=hinge"),
+        ("dataset.classes=10", "dataset.train_size=300", "loss=log_loss", "seed=2"),
+        ("dataset.classes=10", "dataset.train_size=300", "loss=kl_div", "optimizer=adamw"),
+    ],
     "full batch": [
         ("optimizer=gd", "optimizer.lr=0.5"),
         ("optimizer=gd", "optimizer.lr=0.1", "regularizer=l2"),
@@ -96,7 +102,7 @@ GROUPS = {
 # Groups of mlp members with built-in classification losses train bit for bit as alone
 # (trainlab.fused_engine.StackedLinear, fused_optim's torch-ordered arithmetic); vmap'd models
 # (ranking's item scorer) and some regression losses round differently in the last bit.
-EXACT = {"sgd family", "adam family", "full batch"}
+EXACT = {"sgd family", "adam family", "ten classes, a short last batch", "full batch"}
 
 
 def fused_runs(configs, run_dirs) -> list[dict]:

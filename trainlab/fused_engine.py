@@ -243,9 +243,9 @@ def layered_forward(model: nn.Module) -> Forward | None:
 
 class StackedLinear(torch.autograd.Function):
     """Every member's ``nn.Linear`` at once, computed as torch computes one member's alone:
-    the forward as ``addmm`` does, and the backward in the orientation of linear's own
-    (``grad.T @ input`` for the weight), which autograd's batched version transposes; so the
-    members' gradients equal their solo runs' bit for bit (tests/test_fused.py)."""
+    the forward as ``addmm`` does, and the backward as linear's own (``grad.T @ input`` for
+    the weight, which autograd's batched version would transpose), so that the members'
+    gradients equal their solo runs' bit for bit (tests/test_fused.py)."""
 
     @staticmethod
     def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -259,7 +259,11 @@ class StackedLinear(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         hidden, weight = ctx.saved_tensors
         grad_hidden = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.bmm(grad.transpose(1, 2), hidden)
+        # One product per member: for some shapes (10 outputs, say) the batched product takes
+        # another kernel than the one linear's backward takes, and rounds otherwise.
+        grad_weight = weight.new_empty(weight.shape)
+        for member, (rows, inputs) in enumerate(zip(grad, hidden, strict=True)):
+            torch.mm(rows.t(), inputs, out=grad_weight[member])
         return grad_hidden, grad_weight, grad.sum(1) if ctx.with_bias else None
 
 

@@ -193,10 +193,9 @@ def hinge(spec: DatasetSpec, margin: float) -> LossFn:
 
 
 def _margin_loss(power: int, margin: float) -> LossFn:
-    def loss(logits: torch.Tensor, labels: torch.Tensor, **reduced: str) -> torch.Tensor:
-        return F.multi_margin_loss(logits, labels, p=power, margin=margin, **reduced)
-
-    return with_stacked(loss, lambda o, t: loss(o, t, reduction="none"))
+    # No stacked form: its mean's gradient, 1 / (examples x classes), rounds otherwise when
+    # the unreduced loss is averaged afterwards (vmap runs it member by member instead).
+    return lambda logits, labels: F.multi_margin_loss(logits, labels, p=power, margin=margin)
 
 
 def squared_hinge(spec: DatasetSpec, margin: float) -> LossFn:
