@@ -244,8 +244,8 @@ def layered_forward(model: nn.Module) -> Forward | None:
 class StackedLinear(torch.autograd.Function):
     """Every member's ``nn.Linear`` at once, computed as torch computes one member's alone:
     the forward as ``addmm`` does, and the backward as linear's own (``grad.T @ input`` for
-    the weight, which autograd's batched version would transpose), so that the members'
-    gradients equal their solo runs' bit for bit (tests/test_fused.py)."""
+    the weight, which autograd's batched version would transpose), so that on the CPU the
+    members' gradients equal their solo runs' bit for bit (tests/test_fused.py)."""
 
     @staticmethod
     def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -259,12 +259,39 @@ class StackedLinear(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         hidden, weight = ctx.saved_tensors
         grad_hidden = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
-        # One product per member: for some shapes (10 outputs, say) the batched product takes
-        # another kernel than the one linear's backward takes, and rounds otherwise.
-        grad_weight = weight.new_empty(weight.shape)
-        for member, (rows, inputs) in enumerate(zip(grad, hidden, strict=True)):
-            torch.mm(rows.t(), inputs, out=grad_weight[member])
-        return grad_hidden, grad_weight, grad.sum(1) if ctx.with_bias else None
+        return grad_hidden, weight_gradients(grad, hidden), grad.sum(1) if ctx.with_bias else None
+
+
+_BATCHED_ROUNDS_AS_ALONE: dict[tuple, bool] = {}
+
+
+def weight_gradients(grad: Tensor, hidden: Tensor) -> Tensor:
+    """``grad.T @ hidden`` for every member, rounded as linear's backward rounds one member's.
+
+    The batched product does that for most shapes, not all (10 outputs, on some CPUs, take
+    another kernel): a shape's batched product is compared once with the members' own products
+    on random numbers, and where they differ every member gets its own product. On a GPU the
+    batched product always (one launch; GPU runs are not bit-reproducible by default anyway)."""
+    if grad.is_cuda:
+        return torch.bmm(grad.transpose(1, 2), hidden)
+    key = (grad.shape, hidden.shape, hidden.stride(0) == 0, grad.dtype)
+    if key not in _BATCHED_ROUNDS_AS_ALONE:
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randn(grad.shape, generator=generator, dtype=grad.dtype)
+        inputs = torch.randn(hidden.shape[1:] if key[2] else hidden.shape, generator=generator)
+        inputs = inputs.to(hidden.dtype).expand(hidden.shape) if key[2] else inputs
+        alike = torch.equal(torch.bmm(probe.transpose(1, 2), inputs), _each(probe, inputs))
+        _BATCHED_ROUNDS_AS_ALONE[key] = alike
+    if _BATCHED_ROUNDS_AS_ALONE[key]:
+        return torch.bmm(grad.transpose(1, 2), hidden)
+    return _each(grad, hidden)
+
+
+def _each(grad: Tensor, hidden: Tensor) -> Tensor:
+    products = grad.new_empty(grad.shape[0], grad.shape[2], hidden.shape[2])
+    for member, (rows, inputs) in enumerate(zip(grad, hidden, strict=True)):
+        torch.mm(rows.t(), inputs, out=products[member])
+    return products
 
 
 class GroupFit:
