@@ -311,15 +311,16 @@ def test_members_group_by_what_shapes_a_step_and_the_rest_run_alone():
         plain("dataset.features=4"),  # other data: its own group (of one: alone)
         plain("optimizer=lbfgs"), plain("optimizer=rmsprop"), plain("model.dropout=0.1"),
         plain("mode=lr_find"), plain("accumulate_steps=2"), plain("optimizer.lr=0.2"),
+        plain("model=cnn", "model.batch_norm=false"),
     ]  # fmt: skip
     grouping = group_members(configs, max_members=32, skipped=[10])
     assert grouping.groups == [[0, 1], [2, 3]]
     assert grouping.alone == {
         4: "nothing to group with", 5: "optimizer=lbfgs", 6: "optimizer=rmsprop",
         7: "dropout", 8: "mode=lr_find",
-        9: "accumulate_steps > 1",
+        9: "accumulate_steps > 1", 11: "model=cnn",
     }  # fmt: skip
-    assert grouping.describe().startswith("10 members: 2 groups of 2, 6 alone: optimizer=lbfgs, ")
+    assert grouping.describe().startswith("11 members: 2 groups of 2, 7 alone: optimizer=lbfgs, ")
     chunked = group_members([configs[0]] * 5, max_members=2)
     assert chunked.groups == [[0, 1], [2, 3]] and chunked.alone == {4: "nothing to group with"}
     assert chunked.describe() == "5 members: 2 groups of 2, 1 alone: nothing to group with"

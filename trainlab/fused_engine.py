@@ -1,6 +1,7 @@
 """Training a group of sweep members together: their weights stacked, one row per member; one
-batched forward and backward for all (``mlp`` and ``linear`` as batched matrix products, any
-other model through ``torch.func.vmap``); one stacked optimizer step (trainlab.fused_optim).
+batched forward and backward for all (``mlp`` and ``linear`` as batched matrix products, other
+models, such as the ranking item scorer, through ``torch.func.vmap``); one stacked optimizer
+step (trainlab.fused_optim).
 
 Each member keeps its own engine loop (trainlab.engine's ``_Loop``: its counters, logging,
 validation, early stopping, divergence, best weights and checkpoints), its own data order,
