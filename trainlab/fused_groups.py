@@ -42,7 +42,7 @@ def why_alone(config: Mapping[str, Any]) -> str | None:
         (bool(model.get("dropout")), "dropout"),  # its random draws are each member's own
         (bool(model.get("batch_norm")) or model["name"] == "resnet", "batch norm"),
         # stacked, convolutions take other kernels than a member's alone, and Adam's first
-        # steps magnify the difference (0.4% in val loss after 16 steps on Fashion-MNIST)
+        # steps magnify the difference (scripts/bench_fused.py --sweeps cnn)
         (model["name"] == "cnn", "model=cnn"),
     ]
     return next((reason for wrong, reason in reasons if wrong), None)

@@ -11,8 +11,7 @@ from hydra.plugins.launcher import Launcher
 
 
 class FusedLauncher(Launcher):
-    def __init__(self, **settings: Any) -> None:
-        self.settings = settings
+    def __init__(self) -> None:
         self.config: Any = None
         self.hydra_context: Any = None
         self.task_function: Any = None
